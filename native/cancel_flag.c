@@ -1,0 +1,57 @@
+/*
+ * The job's cancel flag, readable by llama.cpp without the GIL.
+ *
+ * llama.cpp's CPU backend calls the abort callback after every graph node
+ * (hundreds of times per token). A Python callback would take the GIL on each
+ * call and stall the event loop; this one is a single relaxed atomic load.
+ * Python raises the flag through ctypes; the inference thread passes the
+ * flag's address as the callback's user data.
+ */
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+typedef struct {
+    atomic_int raised;
+} orcd_cancel_flag;
+
+orcd_cancel_flag *orcd_cancel_flag_new(void) {
+    orcd_cancel_flag *flag = malloc(sizeof *flag);
+    if (flag != NULL) {
+        atomic_init(&flag->raised, 0);
+    }
+    return flag;
+}
+
+void orcd_cancel_flag_free(orcd_cancel_flag *flag) { free(flag); }
+
+void orcd_cancel_flag_raise(orcd_cancel_flag *flag) {
+    atomic_store_explicit(&flag->raised, 1, memory_order_release);
+}
+
+int orcd_cancel_flag_is_raised(orcd_cancel_flag *flag) {
+    return atomic_load_explicit(&flag->raised, memory_order_acquire);
+}
+
+/* ggml_abort_callback: bool (*)(void *data). Returning true aborts the graph. */
+bool orcd_abort_callback(void *data) {
+    orcd_cancel_flag *flag = (orcd_cancel_flag *)data;
+    return flag != NULL && atomic_load_explicit(&flag->raised, memory_order_relaxed) != 0;
+}
+
+/* llama_log_callback: the worker writes JSON log lines only, so llama.cpp's
+ * free-text lines are dropped here rather than crossing into Python. */
+void orcd_log_discard(int level, const char *text, void *user_data) {
+    (void)level;
+    (void)text;
+    (void)user_data;
+}
+
+/* A module with no Python-level functions: it exists so that the package's own
+ * install compiles this file; Python reaches the symbols above through ctypes. */
+static struct PyModuleDef orcd_native_module = {
+    PyModuleDef_HEAD_INIT, "_native", "Native cancel flag for llama.cpp's abort callback.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&orcd_native_module); }

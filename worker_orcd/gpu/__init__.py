@@ -1,0 +1,1 @@
+"""NVML: what the GPU says about memory. Absent GPU or library → None, never a crash."""

@@ -1,0 +1,1 @@
+"""HTTP: routes, request validation, SSE encoding, correlation ids. No model code runs here."""

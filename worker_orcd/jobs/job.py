@@ -1,0 +1,227 @@
+"""A job: one `POST /execute` from acceptance to its single terminal event.
+
+States: queued → running → completed | cancelled | failed, and queued → cancelled
+| failed (cancelled or shut down before it ran). Every transition happens under
+the job's lock, and `finish` is the only way into a terminal state: whoever wins
+that call emits the terminal event, so no job ever gets two.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Callable
+
+from worker_orcd.errors import ErrorCode
+from worker_orcd.jobs import events
+from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
+from worker_orcd.jobs.events import Event, EventSink
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
+
+
+class Phase(str, Enum):
+    """Where a job is, finer than its state: what a cancel interrupts."""
+
+    QUEUED = "queued"
+    PROMPT = "prompt"  # evaluating the prompt
+    DECODE = "decode"  # generating tokens
+    FINISHED = "finished"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    seed: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a job ended: its terminal state and the event that says so."""
+
+    state: JobState
+    event: Event
+    stop_reason: str | None = None
+    error_code: ErrorCode | None = None
+    stop_ms: float | None = None
+    cancel_ms: float | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: str
+    prompt_tokens: list[int]
+    sampling: Sampling
+    model: str
+    correlation_id: str | None = None
+    tenant: str = ""
+    sink: EventSink | None = None
+    on_change: Callable[["Job"], None] | None = None
+
+    state: JobState = JobState.QUEUED
+    phase: Phase = Phase.QUEUED
+    cancel_flag: CancelFlag = field(default_factory=CancelFlag)
+    queued_at: str = field(default_factory=now_iso)
+    started_at: str | None = None
+    ended_at: str | None = None
+    cancel_requested_at: str | None = None
+    canceled_at: str | None = None
+    tokens_out: int = 0
+    outcome: Outcome | None = None
+    _text: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # -- what the inference thread calls ------------------------------------------------
+
+    def start(self) -> bool:
+        """queued → running; False when the job ended while it waited."""
+        with self._lock:
+            if self.state is not JobState.QUEUED:
+                return False
+            self.state = JobState.RUNNING
+            self.phase = Phase.PROMPT
+            self.started_at = now_iso()
+        self._changed()
+        return True
+
+    def emit(self, event: Event) -> None:
+        """A non-terminal event; terminal ones go through `finish`."""
+        if self.sink is not None:
+            self.sink(event)
+
+    def append_text(self, text: str) -> None:
+        self._text.append(text)
+
+    # -- what anyone calls --------------------------------------------------------------
+
+    def request_cancel(self, reason: CancelReason) -> Phase:
+        """Raise the cancel flag unless the job has ended; returns the phase it hit.
+
+        A finished job stays as it finished: a late cancel changes nothing.
+        """
+        with self._lock:
+            phase = self.phase
+            if self.state.terminal:
+                return Phase.FINISHED
+            if self.cancel_flag.raise_(reason):
+                self.cancel_requested_at = now_iso()
+        self._changed()
+        return phase
+
+    def finish(self, outcome: Outcome, *, only_from: JobState | None = None) -> bool:
+        """Enter a terminal state and emit its event; only the first call wins.
+
+        `only_from` makes the call lose unless the job is in that state, so a
+        queued job's cancel cannot end a job the inference thread just started.
+        """
+        with self._lock:
+            if self.state.terminal or (only_from is not None and self.state is not only_from):
+                return False
+            self.state = outcome.state
+            self.phase = Phase.FINISHED
+            self.outcome = outcome
+            self.ended_at = now_iso()
+            if outcome.state is JobState.CANCELLED:
+                self.canceled_at = self.ended_at
+            # Emitted under the lock so nothing can slip in after the terminal event.
+            if self.sink is not None:
+                self.sink(outcome.event)
+        self._changed()
+        return True
+
+    def finish_cancelled_unstarted(self) -> bool:
+        """End a cancelled job that is still queued; False if it has started or ended."""
+        flag = self.cancel_flag
+        code, message, retriable = cancel_error(flag.reason or CancelReason.CLIENT)
+        cancel_ms = elapsed_ms(flag.raised_at)
+        return self.finish(
+            Outcome(
+                JobState.CANCELLED if code is ErrorCode.CANCELLED else JobState.FAILED,
+                events.error(
+                    code, message, retriable, tokens_out=0, stop_ms=0.0, cancel_ms=cancel_ms
+                ),
+                error_code=code,
+                stop_ms=0.0,
+                cancel_ms=cancel_ms,
+            ),
+            only_from=JobState.QUEUED,
+        )
+
+    # -- views ---------------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_flag.raised
+
+    def snapshot(self) -> dict[str, Any]:
+        """The job as `GET /jobs/{id}` shows it."""
+        outcome = self.outcome
+        error = None
+        if outcome is not None and outcome.error_code is not None:
+            error = {
+                "code": outcome.error_code.value,
+                "message": outcome.event.data.get("message"),
+                "retriable": outcome.event.data.get("retriable", False),
+            }
+        return {
+            "job_id": self.job_id,
+            "state": self.state.value,
+            "cancel_requested": self.cancel_requested,
+            "cancel_requested_at": self.cancel_requested_at,
+            "cancel_reason": self.cancel_flag.reason.value if self.cancel_flag.reason else None,
+            "queued_at": self.queued_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "canceled_at": self.canceled_at,
+            "tokens_out": self.tokens_out,
+            "text": self.text,
+            "text_truncated": False,
+            "stop_reason": outcome.stop_reason if outcome else None,
+            "error": error,
+            "stop_ms": outcome.stop_ms if outcome else None,
+            "cancel_ms": outcome.cancel_ms if outcome else None,
+        }
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+def elapsed_ms(since: float | None) -> float:
+    """Milliseconds from a perf_counter() reading until now (0 when there is none)."""
+    return 0.0 if since is None else round((time.perf_counter() - since) * 1000.0, 3)
+
+
+def cancel_error(reason: CancelReason) -> tuple[ErrorCode, str, bool]:
+    """The terminal error a cancel reason produces: (code, message, retriable)."""
+    if reason is CancelReason.TIMEOUT:
+        return ErrorCode.INFERENCE_TIMEOUT, "Job exceeded the inference timeout", True
+    if reason is CancelReason.SHUTDOWN:
+        return ErrorCode.WORKER_SHUTDOWN, "Worker is shutting down; retry on another worker", True
+    return ErrorCode.CANCELLED, events.CANCELLED_MESSAGE, False

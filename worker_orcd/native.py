@@ -1,0 +1,43 @@
+"""ctypes binding of `native/cancel_flag.c`, compiled into `worker_orcd._native` at install."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from functools import lru_cache
+
+
+class NativeLibraryMissing(RuntimeError):
+    """The compiled cancel flag is absent: the package was not installed with pip."""
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    spec = importlib.util.find_spec("worker_orcd._native")
+    if spec is None or not spec.origin or spec.origin.endswith(".py"):
+        raise NativeLibraryMissing(
+            "worker_orcd._native is not built; install the package with "
+            "`pip install -e .` (or `pip install .`) so native/cancel_flag.c is compiled"
+        )
+    lib = ctypes.CDLL(spec.origin)
+    lib.orcd_cancel_flag_new.argtypes = []
+    lib.orcd_cancel_flag_new.restype = ctypes.c_void_p
+    lib.orcd_cancel_flag_free.argtypes = [ctypes.c_void_p]
+    lib.orcd_cancel_flag_free.restype = None
+    lib.orcd_cancel_flag_raise.argtypes = [ctypes.c_void_p]
+    lib.orcd_cancel_flag_raise.restype = None
+    lib.orcd_cancel_flag_is_raised.argtypes = [ctypes.c_void_p]
+    lib.orcd_cancel_flag_is_raised.restype = ctypes.c_int
+    lib.orcd_abort_callback.argtypes = [ctypes.c_void_p]
+    lib.orcd_abort_callback.restype = ctypes.c_bool
+    return lib
+
+
+def abort_callback_address() -> int:
+    """Address of `bool orcd_abort_callback(void *flag)`, for llama_set_abort_callback."""
+    return ctypes.cast(library().orcd_abort_callback, ctypes.c_void_p).value or 0
+
+
+def log_discard_address() -> int:
+    """Address of a C log callback that drops llama.cpp's own log lines."""
+    return ctypes.cast(library().orcd_log_discard, ctypes.c_void_p).value or 0
