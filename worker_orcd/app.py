@@ -1,20 +1,33 @@
-"""The ASGI app: routes, middleware and error handlers around one Worker."""
+"""The ASGI app: routes, middleware and error handlers around one Worker.
+
+Middleware, outermost first: correlation id (so every answer carries it),
+size limits, body limit, bearer auth; then the routes.
+"""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
+from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable
 from worker_orcd.http.correlation import CorrelationIdMiddleware
 from worker_orcd.http.errors import EXCEPTION_HANDLERS
+from worker_orcd.http.limits import RequestLimitsMiddleware
 from worker_orcd.http.routes import ROUTES
 from worker_orcd.worker import Worker
 
 
 def create_app(worker: Worker) -> Starlette:
+    config = worker.config
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(CorrelationIdMiddleware)],
+        middleware=[
+            Middleware(CorrelationIdMiddleware),
+            Middleware(RequestLimitsMiddleware, max_body_bytes=config.max_body_bytes),
+            Middleware(RequestBodyLimitMiddleware, max_body_size=config.max_body_bytes),
+            Middleware(BearerAuthMiddleware, tokens=TokenTable(config.api_keys)),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.worker = worker

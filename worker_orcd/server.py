@@ -1,22 +1,67 @@
-"""Running the worker under uvicorn on an already bound socket, and stopping it cleanly."""
+"""Running the worker under uvicorn on an already bound socket, and stopping it cleanly.
+
+SIGTERM, SIGINT and POST /shutdown all start the same drain (Worker.drain):
+new jobs get 503, queued jobs end with WORKER_SHUTDOWN, the running job gets
+the grace period and is then cancelled. Only when every job has sent its
+terminal event is uvicorn told to exit; a second signal exits at once.
+"""
 
 from __future__ import annotations
 
 import socket
 
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 from worker_orcd.app import create_app
 from worker_orcd.config import WorkerConfig
-from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.engine.faults import FaultPlan
 from worker_orcd.log import log_event
-from worker_orcd.worker import Worker
+from worker_orcd.worker import ShutdownOnce, Worker
+
+
+class WorkerServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, worker: Worker) -> None:
+        super().__init__(config)
+        self.drain = ShutdownOnce(worker, then=self._exit_when_drained)
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if self.drain.started:  # a second signal: do not wait any longer
+            self.force_exit = True
+            self.should_exit = True
+            return
+        log_event("shutdown_requested", signal=sig)
+        self.drain()
+
+    def _exit_when_drained(self) -> None:
+        self.should_exit = True
 
 
 def run(config: WorkerConfig, sock: socket.socket) -> int:
-    worker = Worker(config)
+    # Streams end on their own after their terminal event; sse-starlette must not
+    # cut them when uvicorn starts to exit.
+    AppStatus.disable_automatic_graceful_drain()
+    worker = Worker(config, faults=FaultPlan.from_env())
+    if worker.ledger.recovered:
+        log_event("ledger_recovered", jobs_marked_restarted=worker.ledger.recovered)
     worker.start()
+    server = WorkerServer(
+        uvicorn.Config(
+            create_app(worker),
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        ),
+        worker,
+    )
+    worker.request_shutdown = server.drain
     info = worker.model.info
+    if not config.api_keys:
+        log_event(
+            "auth_disabled",
+            host=config.host,
+            message="no API keys: every client that can reach this address may submit and cancel jobs",
+        )
     log_event(
         "worker_ready",
         host=config.host,
@@ -26,29 +71,15 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
         n_ctx=config.n_ctx,
         threads=config.threads,
         context_make_ms=worker.pool.last_make_ms,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(worker),
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+        ledger=str(config.ledger_path),
     )
     try:
         server.run(sockets=[sock])
     finally:
-        stop(worker)
+        if not server.drain.started:  # uvicorn stopped for another reason
+            worker.drain(0.0)
+        else:
+            worker.loop.join(timeout=30)
+        worker.close()
+        log_event("worker_stopped")
     return 0
-
-
-def stop(worker: Worker) -> None:
-    """End every job with a terminal event, then free the contexts and the model."""
-    worker.accepting = False
-    worker.manager.end_queued(CancelReason.SHUTDOWN)
-    active = worker.loop.active
-    if active is not None:
-        worker.manager.cancel_job(active, CancelReason.SHUTDOWN)
-    worker.loop.join(timeout=10)
-    worker.close()
-    log_event("worker_stopped")

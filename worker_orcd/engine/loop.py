@@ -25,6 +25,7 @@ import llama_cpp
 
 from worker_orcd import native
 from worker_orcd.engine.contexts import ContextPool, ContextUnavailable
+from worker_orcd.engine.faults import FaultPlan
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
@@ -63,8 +64,10 @@ class InferenceLoop:
         *,
         prefill_chunk: int,
         timeout_sec: float,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.model = model
+        self.faults = faults or FaultPlan()
         self.pool = pool
         self.queue = queue
         self.prefill_chunk = prefill_chunk
@@ -90,17 +93,18 @@ class InferenceLoop:
             job = self.queue.take()
             if job is None:
                 return
-            if not job.start():  # cancelled while it waited; its stream has its event
-                continue
             self.active = job
             try:
-                self._run_job(job)
+                if job.start():  # False: cancelled while it waited; its stream has its event
+                    self._run_job(job)
             finally:
                 self.active = None
 
     def _run_job(self, job: Job) -> None:
         self._watchdog.arm(job)
         try:
+            if self.faults.context_fails(job):
+                raise ContextUnavailable("injected fault: the context could not be made")
             ctx = self.pool.take()
         except ContextUnavailable as exc:
             self._watchdog.disarm()
@@ -140,7 +144,7 @@ class InferenceLoop:
 
     def _generate(self, job: Job, ctx: int, sampler: int) -> _Result:
         flag = job.cancel_flag
-        decode = llama_cpp.llama_decode
+        decode = self.faults.decode_for(job, llama_cpp.llama_decode)
         batch_get_one = llama_cpp.llama_batch_get_one
 
         t0 = time.perf_counter()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import AsyncIterator
 
 from anyio import to_thread
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from worker_orcd.errors import ErrorCode
@@ -19,6 +20,7 @@ from worker_orcd.http.validation import (
     parse_cancel,
     parse_execute,
     parse_json_object,
+    parse_list_query,
 )
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import Job, Sampling
@@ -28,8 +30,10 @@ from worker_orcd.jobs.registry import JobExists
 from worker_orcd.log import log_event
 from worker_orcd.worker import Worker
 
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # specs/openapi.json
 SSE_PING_SEC = 15
 RETRY_AFTER_SEC = "1"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _worker(request: Request) -> Worker:
@@ -47,20 +51,33 @@ async def _json_body(request: Request) -> dict:
 
 async def execute(request: Request) -> EventSourceResponse:
     worker = _worker(request)
+    try:
+        job, channel = await _accept(request, worker)
+    except RequestError:
+        worker.metrics.rejected()
+        raise
+    return EventSourceResponse(
+        stream_job(job, channel, worker.manager), ping=SSE_PING_SEC, sep="\n"
+    )
+
+
+async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
+    """Validate, tokenize and queue a job; raises RequestError with nothing queued."""
     if not worker.accepting:
-        raise RequestError(
-            ErrorCode.WORKER_SHUTTING_DOWN,
-            "worker is shutting down; send the job to another worker",
-            headers={"Retry-After": RETRY_AFTER_SEC},
-        )
+        raise _shutting_down()
     req = parse_execute(await _json_body(request))
     tenant = tenant_of(request)
-    if worker.manager.find(tenant, req.job_id) is not None:
+    if worker.manager.find(tenant, req.job_id) is not None or await to_thread.run_sync(
+        worker.ledger.exists, tenant, req.job_id
+    ):
         raise _job_exists(req.job_id)
     model = worker.model
     # Tokenizing is model code: a thread, not the event loop.
     prompt_tokens, stop_tokens = await to_thread.run_sync(
-        lambda: (model.tokenize(req.prompt), [len(model.tokenize(s, add_special=False)) for s in req.stop])
+        lambda: (
+            model.tokenize(req.prompt),
+            [len(model.tokenize(s, add_special=False)) for s in req.stop],
+        )
     )
     max_tokens = check_token_limits(
         req,
@@ -98,11 +115,7 @@ async def execute(request: Request) -> EventSourceResponse:
             headers={"Retry-After": RETRY_AFTER_SEC},
         ) from None
     except QueueClosed:
-        raise RequestError(
-            ErrorCode.WORKER_SHUTTING_DOWN,
-            "worker is shutting down; send the job to another worker",
-            headers={"Retry-After": RETRY_AFTER_SEC},
-        ) from None
+        raise _shutting_down() from None
     log_event(
         "job_queued",
         job_id=job.job_id,
@@ -111,9 +124,7 @@ async def execute(request: Request) -> EventSourceResponse:
         max_tokens=max_tokens,
         queue_depth=len(worker.manager.queue),
     )
-    return EventSourceResponse(
-        stream_job(job, channel, worker.manager), ping=SSE_PING_SEC, sep="\n"
-    )
+    return job, channel
 
 
 async def stream_job(job: Job, channel: EventChannel, manager: JobManager) -> AsyncIterator[bytes]:
@@ -142,11 +153,17 @@ async def stream_job(job: Job, channel: EventChannel, manager: JobManager) -> As
 
 async def cancel(request: Request) -> JSONResponse:
     job_id = parse_cancel(await _json_body(request))
-    phase = _worker(request).manager.cancel(tenant_of(request), job_id, CancelReason.CLIENT)
+    worker = _worker(request)
+    tenant = tenant_of(request)
+    phase = worker.manager.cancel(tenant, job_id, CancelReason.CLIENT)
+    worker.metrics.cancel_requested(phase)
+    fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
+    if phase is None and worker.manager.registry.owned_by_other(tenant, job_id):
+        # Answered like an unknown job, so ids leak nothing; the operator still sees it.
+        log_event("cancel_denied", **fields)
     log_event(
         "cancel_request",
-        job_id=job_id,
-        correlation_id=correlation_id_of(request),
+        **fields,
         reason=CancelReason.CLIENT.value,
         phase=phase.value if phase is not None else "unknown",
     )
@@ -155,14 +172,45 @@ async def cancel(request: Request) -> JSONResponse:
 
 async def get_job(request: Request) -> JSONResponse:
     job_id = request.path_params["job_id"]
-    job = _worker(request).manager.find(tenant_of(request), job_id)
-    if job is None:
+    worker = _worker(request)
+    tenant = tenant_of(request)
+    job = worker.manager.find(tenant, job_id)
+    record = job.snapshot() if job is not None else await to_thread.run_sync(worker.ledger.get, tenant, job_id)
+    if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")
-    return JSONResponse(job.snapshot())
+    return JSONResponse(record)
+
+
+async def list_jobs(request: Request) -> JSONResponse:
+    state, limit = parse_list_query(request.query_params)
+    ledger = _worker(request).ledger
+    tenant = tenant_of(request)
+
+    def recent() -> list[dict]:
+        ledger.flush()
+        return ledger.list(tenant, state=state, limit=limit)
+
+    return JSONResponse({"jobs": await to_thread.run_sync(recent)})
 
 
 async def health(request: Request) -> JSONResponse:
     return JSONResponse(_worker(request).health())
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_worker(request).metrics.render(), media_type=PROMETHEUS_TEXT)
+
+
+async def shutdown(request: Request) -> JSONResponse:
+    worker = _worker(request)
+    log_event("shutdown_requested", correlation_id=correlation_id_of(request), via="http")
+    if worker.request_shutdown is not None:
+        worker.request_shutdown()
+    return JSONResponse({"status": "shutting_down"}, status_code=202)
+
+
+async def openapi(request: Request) -> Response:
+    return Response(OPENAPI_DOCUMENT.read_bytes(), media_type="application/json")
 
 
 def _job_exists(job_id: str) -> RequestError:
@@ -171,9 +219,21 @@ def _job_exists(job_id: str) -> RequestError:
     )
 
 
+def _shutting_down() -> RequestError:
+    return RequestError(
+        ErrorCode.WORKER_SHUTTING_DOWN,
+        "worker is shutting down; send the job to another worker",
+        headers={"Retry-After": RETRY_AFTER_SEC},
+    )
+
+
 ROUTES = [
     Route("/execute", execute, methods=["POST"]),
     Route("/cancel", cancel, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/shutdown", shutdown, methods=["POST"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -13,7 +13,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError
@@ -221,3 +221,28 @@ def parse_cancel(body: dict[str, Any]) -> str:
     if problems:
         raise invalid(problems)
     return body["job_id"]
+
+
+JOB_STATES = ("queued", "running", "completed", "cancelled", "failed")
+LIST_LIMIT_MAX = 1000
+LIST_LIMIT_DEFAULT = 50
+
+
+def parse_list_query(query: Mapping[str, str]) -> tuple[str | None, int]:
+    """`state` and `limit` of GET /jobs."""
+    problems = [
+        {"field": k, "reason": "unknown query parameter"} for k in query if k not in ("state", "limit")
+    ]
+    state = query.get("state")
+    if state is not None and state not in JOB_STATES:
+        problems.append({"field": "state", "reason": f"must be one of {', '.join(JOB_STATES)}"})
+    limit = LIST_LIMIT_DEFAULT
+    raw = query.get("limit")
+    if raw is not None:
+        if raw.isdigit() and 1 <= int(raw) <= LIST_LIMIT_MAX:
+            limit = int(raw)
+        else:
+            problems.append({"field": "limit", "reason": f"must be an integer from 1 to {LIST_LIMIT_MAX}"})
+    if problems:
+        raise invalid(problems)
+    return state, limit

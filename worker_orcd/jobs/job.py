@@ -90,8 +90,11 @@ class Job:
     canceled_at: str | None = None
     tokens_out: int = 0
     outcome: Outcome | None = None
+    started_mono: float | None = None  # perf_counter() readings, for durations
+    ended_mono: float | None = None
     _text: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # -- what the inference thread calls ------------------------------------------------
 
@@ -103,6 +106,7 @@ class Job:
             self.state = JobState.RUNNING
             self.phase = Phase.PROMPT
             self.started_at = now_iso()
+            self.started_mono = time.perf_counter()
         self._changed()
         return True
 
@@ -125,9 +129,11 @@ class Job:
             phase = self.phase
             if self.state.terminal:
                 return Phase.FINISHED
-            if self.cancel_flag.raise_(reason):
+            raised = self.cancel_flag.raise_(reason)
+            if raised:
                 self.cancel_requested_at = now_iso()
-        self._changed()
+        if raised:
+            self._changed()
         return phase
 
     def finish(self, outcome: Outcome, *, only_from: JobState | None = None) -> bool:
@@ -143,13 +149,19 @@ class Job:
             self.phase = Phase.FINISHED
             self.outcome = outcome
             self.ended_at = now_iso()
+            self.ended_mono = time.perf_counter()
             if outcome.state is JobState.CANCELLED:
                 self.canceled_at = self.ended_at
             # Emitted under the lock so nothing can slip in after the terminal event.
             if self.sink is not None:
                 self.sink(outcome.event)
+            self._done.set()
         self._changed()
         return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended; False on timeout."""
+        return self._done.wait(timeout)
 
     def finish_cancelled_unstarted(self) -> bool:
         """End a cancelled job that is still queued; False if it has started or ended."""
@@ -178,6 +190,13 @@ class Job:
     @property
     def cancel_requested(self) -> bool:
         return self.cancel_flag.raised
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Running time, start to terminal event; None unless it ran and ended."""
+        if self.started_mono is None or self.ended_mono is None:
+            return None
+        return (self.ended_mono - self.started_mono) * 1000.0
 
     def snapshot(self) -> dict[str, Any]:
         """The job as `GET /jobs/{id}` shows it."""

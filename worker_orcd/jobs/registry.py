@@ -35,6 +35,11 @@ class JobRegistry:
     def get(self, tenant: str, job_id: str) -> Job | None:
         return self._jobs.get((tenant, job_id))
 
+    def owned_by_other(self, tenant: str, job_id: str) -> bool:
+        """Whether another tenant has a job with this id in memory (for audit logs only)."""
+        with self._lock:
+            return any(t != tenant and i == job_id for t, i in self._jobs)
+
     def discard(self, job: Job) -> None:
         key = (job.tenant, job.job_id)
         with self._lock:

@@ -1,0 +1,285 @@
+"""The durable job ledger: every job's record, in an embedded SQLite database.
+
+A row is written at each state change (queued, running, cancel requested,
+terminal). The thread that changes a job only snapshots it into a queue; one
+writer thread commits the snapshots in order, in batches, so neither the event
+loop nor the inference thread ever waits for the disk. WAL mode with
+synchronous=NORMAL survives a killed process (not a power cut) and lets readers
+run beside the writer.
+
+At start-up, rows a crashed process left queued or running become failed with
+WORKER_RESTARTED: nothing is silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from worker_orcd.errors import ErrorCode
+from worker_orcd.jobs.job import Job, now_iso
+from worker_orcd.log import log_event
+
+TEXT_CAP_BYTES = 64 * 1024
+PRUNE_EVERY = 100  # writes between retention passes
+RESTARTED_MESSAGE = "the worker restarted before this job ended; resubmit it"
+
+_COLUMNS = (
+    "tenant",
+    "job_id",
+    "state",
+    "correlation_id",
+    "prompt_tokens",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "cancel_requested_at",
+    "canceled_at",
+    "cancel_reason",
+    "tokens_out",
+    "stop_reason",
+    "error_code",
+    "error_message",
+    "error_retriable",
+    "stop_ms",
+    "cancel_ms",
+    "text",
+    "text_truncated",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    correlation_id TEXT,
+    prompt_tokens INTEGER,
+    queued_at TEXT,
+    started_at TEXT,
+    ended_at TEXT,
+    cancel_requested_at TEXT,
+    canceled_at TEXT,
+    cancel_reason TEXT,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    stop_reason TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    error_retriable INTEGER,
+    stop_ms REAL,
+    cancel_ms REAL,
+    text TEXT NOT NULL DEFAULT '',
+    text_truncated INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (tenant, job_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
+"""
+
+_UPSERT = (
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (tenant, job_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
+)
+
+
+def cap_text(text: str, cap: int = TEXT_CAP_BYTES) -> tuple[str, bool]:
+    """At most `cap` bytes of UTF-8, cut on a character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= cap:
+        return text, False
+    return data[:cap].decode("utf-8", "ignore"), True
+
+
+def job_row(job: Job) -> tuple[Any, ...]:
+    """The job's columns as of now; taken on the thread that changed it."""
+    snap = job.snapshot()
+    text, truncated = cap_text(snap["text"])
+    error = snap["error"] or {}
+    return (
+        job.tenant,
+        job.job_id,
+        snap["state"],
+        job.correlation_id,
+        len(job.prompt_tokens),
+        snap["queued_at"],
+        snap["started_at"],
+        snap["ended_at"],
+        snap["cancel_requested_at"],
+        snap["canceled_at"],
+        snap["cancel_reason"],
+        snap["tokens_out"],
+        snap["stop_reason"],
+        error.get("code"),
+        error.get("message"),
+        None if not error else int(bool(error.get("retriable"))),
+        snap["stop_ms"],
+        snap["cancel_ms"],
+        text,
+        int(truncated),
+    )
+
+
+def record_of(row: sqlite3.Row, *, with_text: bool = True) -> dict[str, Any]:
+    """A ledger row in the shape of GET /jobs/{id}."""
+    error = None
+    if row["error_code"] is not None:
+        error = {
+            "code": row["error_code"],
+            "message": row["error_message"],
+            "retriable": bool(row["error_retriable"]),
+        }
+    record = {
+        "job_id": row["job_id"],
+        "state": row["state"],
+        "cancel_requested": row["cancel_requested_at"] is not None,
+        "cancel_requested_at": row["cancel_requested_at"],
+        "cancel_reason": row["cancel_reason"],
+        "queued_at": row["queued_at"],
+        "started_at": row["started_at"],
+        "ended_at": row["ended_at"],
+        "canceled_at": row["canceled_at"],
+        "tokens_out": row["tokens_out"],
+        "stop_reason": row["stop_reason"],
+        "error": error,
+        "stop_ms": row["stop_ms"],
+        "cancel_ms": row["cancel_ms"],
+    }
+    if with_text:
+        record["text"] = row["text"]
+        record["text_truncated"] = bool(row["text_truncated"])
+    return record
+
+
+class Ledger:
+    def __init__(self, path: Path, *, max_jobs: int = 10000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_jobs = max_jobs
+        self._reader = self._connect()
+        self._reader_lock = threading.Lock()
+        with self._reader_lock:
+            self._reader.executescript(_SCHEMA)
+        self.recovered = self._recover_crashed()
+        self._prune(self._reader)
+        self._writes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._written = 0
+        self._queued = 0
+        self._count_lock = threading.Lock()
+        self._flushed = threading.Condition()
+        self._thread = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
+        self._thread.start()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def record(self, job: Job) -> None:
+        """Queue the job's current state for writing; returns at once."""
+        row = job_row(job)
+        with self._count_lock:
+            self._queued += 1
+        self._writes.put(row)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is committed."""
+        with self._count_lock:
+            target = self._queued
+        with self._flushed:
+            return self._flushed.wait_for(lambda: self._written >= target, timeout)
+
+    def close(self) -> None:
+        self.flush()
+        self._writes.put(None)
+        self._thread.join(timeout=10)
+        with self._reader_lock:
+            self._reader.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+        with self._reader_lock:
+            row = self._reader.execute(
+                "SELECT * FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)
+            ).fetchone()
+        return record_of(row) if row is not None else None
+
+    def exists(self, tenant: str, job_id: str) -> bool:
+        with self._reader_lock:
+            row = self._reader.execute(
+                "SELECT 1 FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)
+            ).fetchone()
+        return row is not None
+
+    def list(self, tenant: str, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The tenant's most recent jobs, newest first, without their text."""
+        sql = "SELECT * FROM jobs WHERE tenant = ?"
+        args: list[Any] = [tenant]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        with self._reader_lock:
+            rows = self._reader.execute(sql, args).fetchall()
+        return [record_of(r, with_text=False) for r in rows]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _recover_crashed(self) -> int:
+        with self._reader_lock:
+            cur = self._reader.execute(
+                "UPDATE jobs SET state = 'failed', error_code = ?, error_message = ?, "
+                "error_retriable = 1, ended_at = ? WHERE state IN ('queued', 'running')",
+                (ErrorCode.WORKER_RESTARTED.value, RESTARTED_MESSAGE, now_iso()),
+            )
+            return cur.rowcount
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM jobs WHERE seq <= "
+            "(SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (self.max_jobs,),
+        )
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        since_prune = 0
+        while True:
+            row = self._writes.get()
+            batch = []
+            while row is not None:
+                batch.append(row)
+                if len(batch) >= 256:
+                    break
+                try:
+                    row = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    conn.execute("BEGIN")
+                    conn.executemany(_UPSERT, batch)
+                    since_prune += len(batch)
+                    if since_prune >= PRUNE_EVERY:
+                        self._prune(conn)
+                        since_prune = 0
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:  # a full disk must not stop the worker
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    log_event("ledger_write_failed", logging.ERROR, rows=len(batch), error=str(exc))
+                with self._flushed:
+                    self._written += len(batch)
+                    self._flushed.notify_all()
+            if row is None:
+                conn.close()
+                return
