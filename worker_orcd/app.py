@@ -30,5 +30,7 @@ def create_app(worker: Worker) -> Starlette:
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    # No bare 307 from "/health/" to "/health": every non-2xx is a JSON error (WO-ERR-1).
+    app.router.redirect_slashes = False
     app.state.worker = worker
     return app

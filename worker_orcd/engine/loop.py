@@ -97,6 +97,8 @@ class InferenceLoop:
             try:
                 if job.start():  # False: cancelled while it waited; its stream has its event
                     self._run_job(job)
+            except Exception as exc:  # never lose the thread, never leave a job without its end
+                self._fail_unexpectedly(job, exc)
             finally:
                 self.active = None
 
@@ -139,6 +141,18 @@ class InferenceLoop:
                 free_sampler(sampler)
             self.pool.release(ctx)  # before the terminal event, always
         self._finish(job, result)
+
+    def _fail_unexpectedly(self, job: Job, exc: Exception) -> None:
+        log_event(
+            "job_internal_error", job_id=job.job_id, correlation_id=job.correlation_id, error=repr(exc)
+        )
+        job.finish(
+            Outcome(
+                JobState.FAILED,
+                events.error(ErrorCode.INTERNAL, f"inference failed: {exc}", False, tokens_out=job.tokens_out),
+                error_code=ErrorCode.INTERNAL,
+            )
+        )
 
     # -- generation: the hot path ----------------------------------------------------------
 

@@ -24,7 +24,6 @@ from worker_orcd.http.validation import (
 )
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import Job, Sampling
-from worker_orcd.jobs.manager import JobManager
 from worker_orcd.jobs.queue import QueueClosed, QueueFull
 from worker_orcd.jobs.registry import JobExists
 from worker_orcd.log import log_event
@@ -56,8 +55,16 @@ async def execute(request: Request) -> EventSourceResponse:
     except RequestError:
         worker.metrics.rejected()
         raise
+
+    async def client_gone(message: object) -> None:
+        # Also covers a client that leaves before the stream's first event.
+        cancel_on_disconnect(job, worker)
+
     return EventSourceResponse(
-        stream_job(job, channel, worker.manager), ping=SSE_PING_SEC, sep="\n"
+        stream_job(job, channel, worker),
+        ping=SSE_PING_SEC,
+        sep="\n",
+        client_close_handler_callable=client_gone,
     )
 
 
@@ -127,7 +134,7 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
     return job, channel
 
 
-async def stream_job(job: Job, channel: EventChannel, manager: JobManager) -> AsyncIterator[bytes]:
+async def stream_job(job: Job, channel: EventChannel, worker: Worker) -> AsyncIterator[bytes]:
     """The job's events as SSE bytes, ending after its terminal event.
 
     If the stream ends any other way (the client went away), the job is cancelled
@@ -140,15 +147,22 @@ async def stream_job(job: Job, channel: EventChannel, manager: JobManager) -> As
             if batch[-1].terminal:  # nothing is ever emitted after it
                 return
     finally:
-        if not job.state.terminal:
-            phase = manager.cancel_job(job, CancelReason.DISCONNECT)
-            log_event(
-                "cancel_request",
-                job_id=job.job_id,
-                correlation_id=job.correlation_id,
-                reason=CancelReason.DISCONNECT.value,
-                phase=phase.value,
-            )
+        cancel_on_disconnect(job, worker)
+
+
+def cancel_on_disconnect(job: Job, worker: Worker) -> None:
+    """A client that leaves its stream cancels its job (once, and only if still needed)."""
+    if job.state.terminal or job.cancel_requested:
+        return
+    phase = worker.manager.cancel_job(job, CancelReason.DISCONNECT)
+    worker.metrics.cancel_requested(phase)
+    log_event(
+        "cancel_request",
+        job_id=job.job_id,
+        correlation_id=job.correlation_id,
+        reason=CancelReason.DISCONNECT.value,
+        phase=phase.value,
+    )
 
 
 async def cancel(request: Request) -> JSONResponse:

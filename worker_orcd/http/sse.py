@@ -38,7 +38,10 @@ class EventChannel:
             self._events.append(event)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            self._loop.call_soon_threadsafe(_wake, waiter)
+            try:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
 
     async def get_all(self) -> list[Event]:
         """Every event put since the last call; waits for at least one."""

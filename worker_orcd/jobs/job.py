@@ -96,6 +96,9 @@ class Job:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
+    def __post_init__(self) -> None:
+        self.prompt_token_count = len(self.prompt_tokens)
+
     # -- what the inference thread calls ------------------------------------------------
 
     def start(self) -> bool:
@@ -156,6 +159,9 @@ class Job:
             if self.sink is not None:
                 self.sink(outcome.event)
             self._done.set()
+            # A finished job stays in memory for lookups; what only running needed goes.
+            self.prompt_tokens = []
+            self.sink = None
         self._changed()
         return True
 

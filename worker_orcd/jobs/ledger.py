@@ -104,7 +104,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.job_id,
         snap["state"],
         job.correlation_id,
-        len(job.prompt_tokens),
+        job.prompt_token_count,
         snap["queued_at"],
         snap["started_at"],
         snap["ended_at"],

@@ -19,7 +19,7 @@ class JobRegistry:
     """(tenant, id) → Job. Finished jobs are kept up to `keep_finished`, oldest
     dropped first; the ledger remembers them beyond that."""
 
-    def __init__(self, keep_finished: int = 1024) -> None:
+    def __init__(self, keep_finished: int = 256) -> None:
         self._jobs: OrderedDict[JobKey, Job] = OrderedDict()
         self._keep_finished = keep_finished
         self._lock = threading.Lock()
