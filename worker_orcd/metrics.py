@@ -73,10 +73,10 @@ class WorkerMetrics:
             self.cancellations.labels(phase)
         r.register(_StateGauges(read_state))
 
-    def job_changed(self, job: Job) -> None:
+    def job_finished(self, job: Job) -> None:
+        """Count a job once; the JobManager calls it once per job, after its end."""
         outcome = job.outcome
-        if outcome is None:
-            return
+        assert outcome is not None
         self.requests.labels(outcome.state.value).inc()
         self.tokens.inc(job.tokens_out)
         duration = job.duration_ms

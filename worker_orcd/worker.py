@@ -50,7 +50,7 @@ class Worker:
         self.vram = VramMonitor(probe)
         self.metrics = WorkerMetrics(self._gauges)
         self.manager.add_listener(self.ledger.record)
-        self.manager.add_listener(self.metrics.job_changed)
+        self.manager.add_finish_listener(self.metrics.job_finished)
         self.started = time.monotonic()
         self.accepting = True
         # Set by the server: how POST /shutdown asks the process to stop.

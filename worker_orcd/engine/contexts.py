@@ -14,11 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import llama_cpp
 
 from worker_orcd.engine.model import Model
 from worker_orcd.log import log_event
+
+CANCEL_POLL_SEC = 0.002  # how often a job waiting for the spare context looks at its cancel flag
 
 
 class ContextUnavailable(Exception):
@@ -66,11 +69,18 @@ class ContextPool:
         self._helper = threading.Thread(target=self._refill, name="context-spare", daemon=True)
         self._helper.start()
 
-    def take(self) -> int:
-        """A fresh context for one job; waits only if the spare is still being made."""
+    def take(self, cancelled: Callable[[], bool] | None = None) -> int | None:
+        """A fresh context for one job; waits only if the spare is still being made.
+
+        A job shorter than making a context finds the spare still in the works;
+        if `cancelled()` turns true meanwhile, None is returned at once (nothing
+        is taken), so a cancel is not held up by the wait (stop_ms budget).
+        """
         with self._cond:
             while self._spare is None and self._want_spare and not self._closed:
-                self._cond.wait()
+                if cancelled is not None and cancelled():
+                    return None
+                self._cond.wait(None if cancelled is None else CANCEL_POLL_SEC)
             ctx, self._spare = self._spare, None
             self._want_spare = True
             self._cond.notify_all()

@@ -107,25 +107,22 @@ class InferenceLoop:
         try:
             if self.faults.context_fails(job):
                 raise ContextUnavailable("injected fault: the context could not be made")
-            ctx = self.pool.take()
+            ctx = self.pool.take(lambda: job.cancel_flag.raised)
         except ContextUnavailable as exc:
             self._watchdog.disarm()
+            job.emit(self._started(job))  # the job did start: its stream opens with `started` (section 3)
             self._finish(job, _Result(error_code=self._oom_code(), error_message=str(exc)))
+            return
+        if ctx is None:  # cancelled while its context was still being made: nothing to free
+            self._watchdog.disarm()
+            job.emit(self._started(job))
+            self._finish(job, _Result(stopped_at=time.perf_counter()))
             return
         sampler = 0
         try:
             llama_cpp.llama_set_abort_callback(ctx, self._abort_callback, job.cancel_flag.address)
             sampler = new_sampler(job.sampling, self.model.n_vocab)
-            job.emit(
-                events.started(
-                    job.job_id,
-                    self.model.info.name,
-                    job.started_at or "",
-                    job.sampling.seed,
-                    len(job.prompt_tokens),
-                    job.correlation_id,
-                )
-            )
+            job.emit(self._started(job))
             result = self._generate(job, ctx, sampler)
         except Exception as exc:  # a bug or an engine fault: end this job, keep the worker
             log_event(
@@ -141,6 +138,16 @@ class InferenceLoop:
                 free_sampler(sampler)
             self.pool.release(ctx)  # before the terminal event, always
         self._finish(job, result)
+
+    def _started(self, job: Job) -> Event:
+        return events.started(
+            job.job_id,
+            self.model.info.name,
+            job.started_at or "",
+            job.sampling.seed,
+            len(job.prompt_tokens),
+            job.correlation_id,
+        )
 
     def _fail_unexpectedly(self, job: Job, exc: Exception) -> None:
         log_event(

@@ -42,15 +42,17 @@ class NvmlProbe:
         except Exception:  # no library, no driver, no such device: all mean "no GPU"
             self.available = False
 
-    def sample(self) -> VramSample | None:
+    def sample(self, pid: int | None = None) -> VramSample | None:
+        """The device's memory, and what process `pid` (default: this one) holds on it."""
         if not self.available:
             return None
         nvml = self._nvml
+        pid = os.getpid() if pid is None else pid
         try:
             mem = nvml.nvmlDeviceGetMemoryInfo(self._handle)
             mine = None
             for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                if proc.pid == pid and proc.usedGpuMemory is not None:
                     mine = int(proc.usedGpuMemory)
             return VramSample(mine, int(mem.used), int(mem.total))
         except Exception:

@@ -169,10 +169,13 @@ async def cancel(request: Request) -> JSONResponse:
     job_id = parse_cancel(await _json_body(request))
     worker = _worker(request)
     tenant = tenant_of(request)
-    phase = worker.manager.cancel(tenant, job_id, CancelReason.CLIENT)
+    job = worker.manager.find(tenant, job_id)
+    phase = worker.manager.cancel_job(job, CancelReason.CLIENT) if job is not None else None
     worker.metrics.cancel_requested(phase)
     fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
-    if phase is None and worker.manager.registry.owned_by_other(tenant, job_id):
+    if job is not None:  # the cancel request has its own id; the job's links the two
+        fields["job_correlation_id"] = job.correlation_id
+    if job is None and worker.manager.registry.owned_by_other(tenant, job_id):
         # Answered like an unknown job, so ids leak nothing; the operator still sees it.
         log_event("cancel_denied", **fields)
     log_event(

@@ -78,7 +78,8 @@ class Job:
     correlation_id: str | None = None
     tenant: str = ""
     sink: EventSink | None = None
-    on_change: Callable[["Job"], None] | None = None
+    on_change: Callable[["Job"], None] | None = None  # after any change: may see a later state
+    on_finish: Callable[["Job"], None] | None = None  # once, after the winning `finish`
 
     state: JobState = JobState.QUEUED
     phase: Phase = Phase.QUEUED
@@ -163,6 +164,8 @@ class Job:
             self.prompt_tokens = []
             self.sink = None
         self._changed()
+        if self.on_finish is not None:
+            self.on_finish(self)
         return True
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -147,10 +147,11 @@ def record_of(row: sqlite3.Row, *, with_text: bool = True) -> dict[str, Any]:
         "error": error,
         "stop_ms": row["stop_ms"],
         "cancel_ms": row["cancel_ms"],
+        # A listing drops only `text` (WO-JOBS-4); whether it was cut is still told.
+        "text_truncated": bool(row["text_truncated"]),
     }
     if with_text:
         record["text"] = row["text"]
-        record["text_truncated"] = bool(row["text_truncated"])
     return record
 
 
@@ -177,10 +178,13 @@ class Ledger:
 
     def record(self, job: Job) -> None:
         """Queue the job's current state for writing; returns at once."""
-        row = job_row(job)
+        # Snapshot and enqueue under one lock: two threads recording the same job
+        # (a cancel request and the job's end) must write in snapshot order, or a
+        # stale "running" row could land after the terminal one.
         with self._count_lock:
+            row = job_row(job)
             self._queued += 1
-        self._writes.put(row)
+            self._writes.put(row)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything recorded so far is committed."""

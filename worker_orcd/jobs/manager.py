@@ -22,14 +22,20 @@ class JobManager:
         self.queue = queue
         self.registry = registry
         self._listeners: list[JobListener] = []
+        self._finish_listeners: list[JobListener] = []
 
     def add_listener(self, listener: JobListener) -> None:
         """Called with the job after each change of state or cancel request."""
         self._listeners.append(listener)
 
+    def add_finish_listener(self, listener: JobListener) -> None:
+        """Called exactly once per job, after its terminal event."""
+        self._finish_listeners.append(listener)
+
     def submit(self, job: Job) -> None:
         """Queue a job. Raises JobExists, QueueFull or QueueClosed; nothing is kept then."""
         job.on_change = self._job_changed
+        job.on_finish = self._job_finished
         self.registry.add(job)
         try:
             self.queue.put(job)
@@ -65,6 +71,10 @@ class JobManager:
 
     def _job_changed(self, job: Job) -> None:
         for listener in self._listeners:
+            listener(job)
+
+    def _job_finished(self, job: Job) -> None:
+        for listener in self._finish_listeners:
             listener(job)
 
 

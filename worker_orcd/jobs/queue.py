@@ -17,17 +17,21 @@ class QueueClosed(Exception):
 
 
 class JobQueue:
+    """`capacity` jobs may wait; a job that an idle taker will pick up at once
+    does not wait, so it does not count (capacity 0 still runs one job at a time)."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._idle_takers = 0
 
     def put(self, job: Job) -> None:
         with self._cond:
             if self._closed:
                 raise QueueClosed
-            if len(self._jobs) >= self.capacity:
+            if len(self._jobs) >= self.capacity + self._idle_takers:
                 raise QueueFull
             self._jobs.append(job)
             self._cond.notify()
@@ -38,7 +42,11 @@ class JobQueue:
             while not self._jobs:
                 if self._closed:
                     return None
-                self._cond.wait()
+                self._idle_takers += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._idle_takers -= 1
             return self._jobs.popleft()
 
     def remove(self, job: Job) -> bool:

@@ -1,0 +1,143 @@
+"""Bearer tokens and tenants (WO-AUTH-1..3, WO-JOBS-2, WO-HEALTH-3)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import CORRELATION_HEADER, StreamThread, assert_error, cancel, job_of, terminal, uid
+from tests.support import CHAT, WorkerProcess, execute
+
+ALICE = {"Authorization": "Bearer alice-token-1f2e"}
+BOB = {"Authorization": "Bearer bob-token-9c8d"}
+CAROL = {"Authorization": "Bearer carol-token-from-file"}
+PROMPT = CHAT.format("Count from one to twenty.")
+
+# Every route but /health, with a body that would be valid if the caller were allowed.
+PROTECTED = [
+    ("POST", "/execute", {"job_id": "auth-probe", "prompt": PROMPT, "max_tokens": 2}),
+    ("POST", "/cancel", {"job_id": "auth-probe"}),
+    ("GET", "/jobs", None),
+    ("GET", "/jobs/auth-probe", None),
+    ("GET", "/metrics", None),
+    ("GET", "/openapi.json", None),
+    ("POST", "/shutdown", None),
+    ("GET", "/no-such-route", None),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed_worker():
+    """Two tenants from --api-key flags and a third from --api-keys-file."""
+    keys_file = Path(tempfile.mkdtemp(prefix="worker-orcd-keys-")) / "keys"
+    keys_file.write_text("# tenants of this test\n\ncarol=carol-token-from-file\n  # end\n")
+    w = WorkerProcess(
+        args=[
+            "--threads", "1",
+            "--api-key", "alice=alice-token-1f2e",
+            "--api-key", "bob=bob-token-9c8d",
+            "--api-keys-file", str(keys_file),
+        ]
+    )
+    w.start()
+    yield w
+    w.stop()
+
+
+def job(job_id: str, max_tokens: int = 4) -> dict:
+    return {"job_id": job_id, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
+
+
+@pytest.mark.parametrize("method, path, body", PROTECTED, ids=[f"{m} {p}" for m, p, _ in PROTECTED])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Bearer alice-token-1f2"},  # a prefix of a real token
+        {"Authorization": "Basic YWxpY2U6YWxpY2UtdG9rZW4tMWYyZQ=="},
+        {"Authorization": "alice-token-1f2e"},
+    ],
+    ids=["none", "wrong", "prefix", "basic", "no-scheme"],
+)
+def test_unauthorized_without_a_valid_token(keyed_worker, method, path, body, headers):
+    with keyed_worker.client() as c:
+        r = c.request(method, path, json=body, headers={**headers, CORRELATION_HEADER: "auth-corr-1"})
+        error = assert_error(r, 401, "UNAUTHORIZED")
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert error["correlation_id"] == "auth-corr-1"
+        # Nothing happened behind the 401: the worker is up and the probe job does not exist.
+        assert c.get("/health").json()["status"] == "healthy"
+        assert_error(c.get("/jobs/auth-probe", headers=ALICE), 404, "JOB_NOT_FOUND")
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}, ALICE], ids=["none", "wrong", "valid"])
+def test_health_is_open(keyed_worker, headers):
+    with keyed_worker.client() as c:
+        r = c.get("/health", headers=headers)
+        assert r.status_code == 200
+        assert r.json()["status"] == "healthy"
+
+
+@pytest.mark.parametrize("headers", [ALICE, BOB, CAROL], ids=["flag-1", "flag-2", "keys-file"])
+def test_valid_tokens_are_accepted(keyed_worker, headers):
+    with keyed_worker.client(headers=headers) as c:
+        assert c.get("/jobs").status_code == 200
+        assert c.get("/metrics").status_code == 200
+        job_id = uid("auth-ok")
+        assert terminal(execute(c, job(job_id))).name == "end"
+        assert job_of(c, job_id)["state"] == "completed"
+        # The scheme name is case-insensitive (RFC 7235).
+        lower = {"Authorization": headers["Authorization"].replace("Bearer", "bearer")}
+        assert c.get(f"/jobs/{job_id}", headers=lower).status_code == 200
+
+
+def test_other_tenant_cannot_see_or_cancel(keyed_worker):
+    job_id = uid("shared")
+    # Long enough that Bob's cancel arrives while Alice's job runs.
+    stream = StreamThread(keyed_worker, job(job_id, max_tokens=60), headers=ALICE).start()
+    stream.wait_tokens(1)
+    with keyed_worker.client(headers=BOB) as bob, keyed_worker.client(headers=ALICE) as alice:
+        assert_error(bob.get(f"/jobs/{job_id}"), 404, "JOB_NOT_FOUND")
+        cancel(bob, job_id)  # the usual 202, so the id leaks nothing ...
+        denied = keyed_worker.log.wait_for("cancel_denied", job_id=job_id)
+        assert denied["tenant"] == "bob" and denied["correlation_id"]
+
+        end = terminal(stream.join())  # ... and no effect: Alice's job runs to its end
+        assert end.name == "end" and end.data["stop_reason"] in ("max_tokens", "eos")
+        record = job_of(alice, job_id)
+        assert record["state"] == "completed" and record["cancel_requested"] is False
+        assert_error(bob.get(f"/jobs/{job_id}"), 404, "JOB_NOT_FOUND")  # nor after it ended
+        assert job_id not in [j["job_id"] for j in bob.get("/jobs").json()["jobs"]]
+
+        # Ids are per tenant: Bob may use the same one, and each sees their own job.
+        assert terminal(execute(bob, job(job_id, max_tokens=3))).name == "end"
+        assert job_of(bob, job_id)["tokens_out"] == 3
+        assert job_of(alice, job_id)["tokens_out"] == end.data["tokens_out"]
+        assert job_of(alice, job_id)["text"] != job_of(bob, job_id)["text"]
+        assert [j["job_id"] for j in bob.get("/jobs").json()["jobs"]].count(job_id) == 1
+        # Alice still cannot reuse her own id.
+        assert_error(alice.post("/execute", json=job(job_id)), 409, "JOB_EXISTS")
+
+
+def test_other_tenant_cannot_cancel_a_queued_job(keyed_worker):
+    running, queued = uid("alice-running"), uid("alice-queued")
+    first = StreamThread(keyed_worker, job(running, max_tokens=40), headers=ALICE).start()
+    first.wait_tokens(1)
+    second = StreamThread(keyed_worker, job(queued, max_tokens=2), headers=ALICE).start()
+    with keyed_worker.client(headers=BOB) as bob:
+        keyed_worker.log.wait_for("job_queued", job_id=queued)
+        cancel(bob, queued)
+        keyed_worker.log.wait_for("cancel_denied", job_id=queued)
+    assert terminal(first.join()).name == "end"
+    assert terminal(second.join()).name == "end"
+
+
+def test_auth_disabled_is_logged_without_keys(worker, keyed_worker):
+    line = worker.log.wait_for("auth_disabled")
+    assert line["host"] == "127.0.0.1"  # without keys, only this machine can reach it
+    assert worker.log.wait_for("worker_ready")["host"] == "127.0.0.1"
+    keyed_worker.log.wait_for("worker_ready")
+    assert keyed_worker.log.events("auth_disabled") == []

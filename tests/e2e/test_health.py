@@ -1,0 +1,63 @@
+"""GET /health (section 7): cached, never blocked by a running job; no GPU figures on the CPU."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.helpers import StreamThread, cancel, job_of, long_prompt_job, terminal, uid, wait_active
+
+pytestmark = pytest.mark.usefixtures("worker_idle")
+
+HEALTH_FIELDS = {
+    "status",
+    "model",
+    "resident",
+    "quant_kind",
+    "vram_bytes_used",
+    "tokenizer_kind",
+    "vocab_size",
+    "context_length",
+    "uptime_seconds",
+    "backend",
+    "gpu_device",
+    "active_job",
+    "queue_depth",
+}
+
+
+def test_health_fields(client):
+    first = client.get("/health")
+    assert first.status_code == 200
+    h = first.json()
+    assert set(h) == HEALTH_FIELDS
+    assert h["status"] == "healthy" and h["resident"] is True
+    assert h["model"].endswith(".gguf") and h["quant_kind"]
+    assert h["tokenizer_kind"] == "gpt2" and h["vocab_size"] == 49152
+    assert h["context_length"] == 4096  # the worker's --n-ctx
+    # WO-HEALTH-2: no GPU here, so no GPU figures, and no crash.
+    assert h["backend"] == "cpu" and h["gpu_device"] is None and h["vram_bytes_used"] is None
+    assert h["active_job"] is None and h["queue_depth"] == 0
+    later = client.get("/health").json()
+    assert later["uptime_seconds"] >= h["uptime_seconds"] > 0
+
+
+def test_health_during_long_prompt(client, worker):
+    job_id = uid("health-busy")
+    stream = StreamThread(worker, long_prompt_job(job_id)).start()
+    wait_active(client, job_id)
+    slowest = 0.0
+    for _ in range(20):
+        t0 = time.perf_counter()
+        r = client.get("/health", timeout=10)
+        slowest = max(slowest, time.perf_counter() - t0)
+        assert r.status_code == 200
+        h = r.json()
+        assert h["status"] == "healthy" and h["active_job"] == job_id
+    # Still inside the prompt (no token yet): health was answered while llama.cpp computed.
+    assert job_of(client, job_id)["tokens_out"] == 0 and stream.events[-1].name == "started"
+    # Generous: the prompt takes seconds, a health answer a few milliseconds.
+    assert slowest < 2.0, slowest
+    cancel(client, job_id)
+    assert terminal(stream.join()).data["code"] == "CANCELLED"

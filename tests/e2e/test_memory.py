@@ -1,0 +1,84 @@
+"""Memory (section 6, WO-CANCEL-4): every job, cancelled or not, leaves the worker at its idle footprint."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.helpers import (
+    SHORT_PROMPT,
+    StreamThread,
+    cancel,
+    long_prompt_job,
+    terminal,
+    uid,
+    wait_active,
+    wait_idle,
+)
+from tests.support import LONG_ANSWER_PROMPT, WorkerProcess, execute, wait_until
+
+MiB = 1 << 20
+# Python's own allocations (jobs kept in memory, HTTP buffers) may grow a little;
+# one leaked context would be ~100 MiB (its KV cache is cleared, so resident).
+SLACK = 8 * MiB
+
+
+@pytest.fixture
+def fresh_worker():
+    # Its own worker: the shared one's footprint depends on what ran before.
+    w = WorkerProcess(args=["--threads", "1"]).start()
+    yield w
+    w.stop()
+
+
+def _settled_rss(w: WorkerProcess) -> int:
+    """Resident memory once it stops moving (the spare context is made on a helper thread)."""
+    readings: list[int] = []
+
+    def steady() -> int | None:
+        readings.append(w.rss_bytes())
+        recent = readings[-20:]
+        if len(recent) == 20 and max(recent) - min(recent) < MiB:
+            return recent[-1]
+        return None
+
+    return wait_until(steady, timeout=30, interval=0.025)
+
+
+def test_memory_returns_to_idle_after_cancel(fresh_worker):
+    w = fresh_worker
+    with w.client() as c:
+        # Warm-up: the first job pages in the weights.
+        warm_up = execute(c, {"job_id": uid("warm"), "prompt": SHORT_PROMPT, "max_tokens": 8})
+        assert terminal(warm_up).name == "end"
+        wait_idle(c)
+        idle = _settled_rss(w)
+
+        for n in range(3):  # cancelled while generating
+            job_id = uid(f"mem-decode{n}")
+            s = StreamThread(w, {"job_id": job_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": 400}).start()
+            s.wait_tokens(2)
+            cancel(c, job_id)
+            assert terminal(s.join()).data["code"] == "CANCELLED"
+        job_id = uid("mem-prompt")  # cancelled inside the prompt
+        s = StreamThread(w, long_prompt_job(job_id)).start()
+        wait_active(c, job_id)
+        cancel(c, job_id)
+        assert terminal(s.join()).data["code"] == "CANCELLED"
+        for n in range(2):  # completed
+            events = execute(c, {"job_id": uid(f"mem-done{n}"), "prompt": SHORT_PROMPT, "max_tokens": 16})
+            assert terminal(events).name == "end"
+        wait_idle(c)
+
+        wait_until(lambda: w.rss_bytes() <= idle + SLACK, timeout=30, interval=0.025)
+        # And it stays there (no context is made or kept behind our back).
+        assert _settled_rss(w) <= idle + SLACK
+
+
+def test_serve_runs_under_glibc_tunables(worker):
+    # WO-MEM-3: `serve` re-executed itself (same pid) with the malloc tunables set.
+    # glibc cuts GLIBC_TUNABLES at each ':' in place when it reads it, so look at the raw block.
+    with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
+        items = f.read().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in items
+    assert any(item.startswith(b"glibc.malloc.mmap_threshold=") for item in items)
+    assert b"WORKER_ORCD_ALLOCATOR_TUNED=1" in items

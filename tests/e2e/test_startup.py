@@ -1,0 +1,61 @@
+"""Start-up failures (WO-START-1): exit status 1 and one line on stderr, fast."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import free_port
+
+
+def _serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker_orcd", "serve", "--state-dir", str(tmp_path / "state"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _assert_one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> str:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_model_file(tmp_path):
+    missing = tmp_path / "nowhere.gguf"
+    result = _serve(tmp_path, "--model", str(missing), "--port", str(free_port()))
+    _assert_one_line_failure(result, str(missing))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"this is not a model\n" * 10, b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64],
+    ids=["empty", "text", "gguf-magic-garbage"],
+)
+def test_invalid_model_file(tmp_path, content):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(content)
+    result = _serve(tmp_path, "--model", str(bad), "--port", str(free_port()))
+    _assert_one_line_failure(result, str(bad))
+
+
+def test_model_path_is_a_directory(tmp_path):
+    result = _serve(tmp_path, "--model", str(tmp_path), "--port", str(free_port()))
+    _assert_one_line_failure(result)
+
+
+def test_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _serve(tmp_path, "--port", str(port))
+    _assert_one_line_failure(result, str(port))
