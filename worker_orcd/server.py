@@ -76,7 +76,8 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
     try:
         server.run(sockets=[sock])
     finally:
-        if not server.drain.started:  # uvicorn stopped for another reason
+        if server.force_exit or not server.drain.started:
+            # A second signal, or uvicorn stopped on its own: end every job now.
             worker.drain(0.0)
         else:
             worker.loop.join(timeout=30)
