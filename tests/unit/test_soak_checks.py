@@ -22,9 +22,15 @@ def tok(text: str, i: int):
 
 def snapshot(**fields):
     base = {
-        "job_id": "j", "state": "completed", "tokens_out": 2, "text": "ab",
-        "stop_reason": "max_tokens", "error": None, "cancel_reason": None,
-        "stop_ms": None, "cancel_ms": None,
+        "job_id": "j",
+        "state": "completed",
+        "tokens_out": 2,
+        "text": "ab",
+        "stop_reason": "max_tokens",
+        "error": None,
+        "cancel_reason": None,
+        "stop_ms": None,
+        "cancel_ms": None,
     }
     return {**base, **fields}
 
@@ -52,8 +58,14 @@ def test_ledger_disagreeing_with_the_stream_is_caught():
     assert ledger_problems(run, snapshot(text="abc"))
     cancelled = run_of(STARTED, tok("a", 0), CANCELLED, scenario="cancel_delay")
     good = snapshot(
-        state="cancelled", tokens_out=1, text="a", stop_reason=None, cancel_reason="client",
-        error={"code": "CANCELLED", "message": "m", "retriable": False}, stop_ms=1.0, cancel_ms=2.0,
+        state="cancelled",
+        tokens_out=1,
+        text="a",
+        stop_reason=None,
+        cancel_reason="client",
+        error={"code": "CANCELLED", "message": "m", "retriable": False},
+        stop_ms=1.0,
+        cancel_ms=2.0,
     )
     assert ledger_problems(cancelled, good) == []
     assert ledger_problems(cancelled, {**good, "state": "completed"})  # counted as completed
@@ -63,7 +75,10 @@ def test_ledger_disagreeing_with_the_stream_is_caught():
 def test_a_hung_up_job_must_end_cancelled_by_the_disconnect_or_completed():
     run = run_of(STARTED, tok("a", 0), scenario="disconnect", disconnected=True)
     by_disconnect = snapshot(
-        state="cancelled", tokens_out=1, text="a", cancel_reason="disconnect",
+        state="cancelled",
+        tokens_out=1,
+        text="a",
+        cancel_reason="disconnect",
         error={"code": "CANCELLED", "message": "m", "retriable": False},
     )
     assert stream_problems(run) == []
@@ -78,4 +93,7 @@ def test_outcomes():
     assert classify(run_of(STARTED, END)) == "completed"
     assert classify(run_of(CANCELLED)) == "cancelled_queued"
     assert classify(run_of(STARTED, CANCELLED)) == "cancelled_running"
-    assert classify(run_of(STARTED, END, scenario="cancel_delay", cancel_statuses=[202])) == "completed_despite_cancel"
+    assert (
+        classify(run_of(STARTED, END, scenario="cancel_delay", cancel_statuses=[202]))
+        == "completed_despite_cancel"
+    )
