@@ -9,6 +9,7 @@ terminal event is uvicorn told to exit; a second signal exits at once.
 from __future__ import annotations
 
 import socket
+import sys
 
 import uvicorn
 from sse_starlette.sse import AppStatus
@@ -18,6 +19,8 @@ from worker_orcd.config import WorkerConfig
 from worker_orcd.engine.faults import FaultPlan
 from worker_orcd.log import log_event
 from worker_orcd.worker import ShutdownOnce, Worker
+
+GIL_SWITCH_SEC = 0.0005  # longest a thread waits for the GIL while another runs Python
 
 
 class WorkerServer(uvicorn.Server):
@@ -41,6 +44,9 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
     # Streams end on their own after their terminal event; sse-starlette must not
     # cut them when uvicorn starts to exit.
     AppStatus.disable_automatic_graceful_drain()
+    # A thread back from llama.cpp waits for the GIL until the holder lets go; the
+    # default 5 ms would show in stop_ms whenever a cancel request holds it.
+    sys.setswitchinterval(GIL_SWITCH_SEC)
     worker = Worker(config, faults=FaultPlan.from_env())
     if worker.ledger.recovered:
         log_event("ledger_recovered", jobs_marked_restarted=worker.ledger.recovered)

@@ -93,3 +93,14 @@ def test_uncancelled_take_waits_for_the_spare(pool, engine):
     engine.allow.release()
     waiter.join(10)
     assert not waiter.is_alive() and got == [2]
+
+
+def test_take_without_refill_leaves_the_spare_to_refill(pool, engine):
+    assert pool.take(refill=False) == 1
+    assert not engine.making.wait(0.2)  # nothing is made while the job evaluates its prompt
+    pool.refill()  # the job's first token is out (or it ended)
+    assert engine.making.wait(10)
+    pool.refill()  # one is on its way: nothing more is asked for
+    engine.allow.release()
+    assert pool.take() == 2
+    assert engine.made == [1, 2]

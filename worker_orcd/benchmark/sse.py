@@ -9,6 +9,8 @@ in one read share its timestamp, which is when the client could first see them.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -66,3 +68,43 @@ def _parse_block(block: bytes, sep: bytes, at: float) -> SseEvent | None:
     if not data:
         return None
     return SseEvent(name, "\n".join(data), at)
+
+
+_END = object()
+
+
+class BackgroundEvents:
+    """An SSE body read on its own thread, so each event is stamped when it arrives
+    even while the caller is busy (sending a cancel). Iterate to take them in order.
+
+    The stamp includes waiting for the GIL: keep the process's switch interval short.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._read, args=(response,), name="sse-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, response: httpx.Response) -> None:
+        try:
+            for event in iter_events(response):
+                self._queue.put(event)
+        except Exception as exc:  # the stream failed, or was closed under it
+            self._queue.put(exc)
+        finally:
+            self._queue.put(_END)
+
+    def __iter__(self) -> "BackgroundEvents":
+        return self
+
+    def __next__(self) -> SseEvent:
+        item = self._queue.get()
+        if item is _END:
+            self._queue.put(_END)  # stay exhausted
+            raise StopIteration
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)

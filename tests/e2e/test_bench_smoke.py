@@ -1,0 +1,46 @@
+"""The benchmark harness, in its tiniest configuration: does it produce a well-formed report?
+
+It checks the shape of the report, never a time: CI machines are too noisy for that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCENARIOS = "ttft,cancel-decode"
+
+
+def test_bench_quick_report_is_well_formed(tmp_path):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "worker_orcd", "bench", "--quick", "--no-peer"]
+    cmd += ["--scenarios", SCENARIOS, "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "target" in done.stdout and "idle TTFT" in done.stdout
+
+    report = json.loads(out.read_text())
+    assert report["schema"] == "worker-orcd-bench/1"
+    assert {"date", "cpu", "cores", "load_average_at_start", "load_average_at_end"} <= report["machine"].keys()
+    assert report["model"]["file"].endswith(".gguf")
+    assert report["command"].startswith("worker-orcd bench")
+
+    ttft = report["scenarios"]["ttft"]
+    assert "worker" in ttft and any(name.startswith("bare@") for name in ttft)
+    for side in ttft.values():
+        assert side["ttft_ms"]["n"] == 2 and side["ttft_ms"]["p50"] > 0
+
+    cancel = report["scenarios"]["cancel_decode"]["worker"]
+    assert cancel["cancels"] == 3 and cancel["codes"] == {"CANCELLED": 3}
+    for key in ("client_ms", "ack_ms", "stop_ms", "cancel_ms"):
+        summary = cancel[key]
+        assert summary["n"] == 3
+        assert summary["p50"] <= summary["p95"] <= summary["p99"] <= summary["max"]
+    assert cancel["free_after_cancel"]["next_ttft_ms"]["n"] == 3
+
+    assert report["comparisons"]["ttft"]["worker_minus_best_bare_ms"] is not None
+    targets = {t["key"]: t for t in report["targets"]}
+    assert targets["ttft_vs_bare"]["met"] in (True, False)
+    assert targets["cancel_decode_client_p99"]["value"] is not None
+    assert targets["stream_vs_bare"]["value"] is None  # not run: reported, not guessed

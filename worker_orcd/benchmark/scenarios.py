@@ -1,0 +1,146 @@
+"""Each scenario as the run calls it: the rig and its settings in, a block of the report out."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from worker_orcd.benchmark import cancel, memory, overhead, prompts, throughput
+from worker_orcd.benchmark.cpu import CpuProbe
+from worker_orcd.benchmark.quiet import QuietGuard
+from worker_orcd.benchmark.rig import Rig
+
+Progress = Callable[[str], None]
+# Prompt numbers per use, so that no two requests of a run share a prompt.
+DECODE_CANCEL, DECODE_PROBE, PEER_DECODE, PEER_DECODE_PROBE = 2000, 3000, 4000, 5000
+PROMPT_CANCEL, PROMPT_PROBE, PEER_PROMPT, PEER_PROMPT_PROBE = 6000, 7000, 8000, 9000
+MAX_TOKENS_CANCELLED = 512  # more than a decode cancel lets it produce
+MAX_TOKENS_LONG = 16
+
+
+def stream(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
+    s = rig.settings
+    return throughput.streaming(
+        rig.sides,
+        rounds=s.rounds,
+        max_tokens=s.max_tokens,
+        prompt=prompts.story,
+        settle_s=s.settle_s,
+        cpu={"worker": CpuProbe(rig.pid), "peer": CpuProbe(rig.peer_pid)},
+        guard=guard,
+        progress=progress,
+    )
+
+
+def ttft(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
+    s = rig.settings
+    return throughput.first_token(
+        rig.sides, samples=s.ttft_samples, prompt=prompts.story, settle_s=s.settle_s, guard=guard, progress=progress
+    )
+
+
+def cancel_decode(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
+    s, client, peer, story = rig.settings, rig.client, rig.peer, prompts.story
+    out: dict[str, Any] = {
+        "after_tokens": s.cancel_after,
+        "worker": cancel.worker_cancels(
+            client,
+            count=s.cancels,
+            cancel=lambda i: client.cancel_after_tokens(story(DECODE_CANCEL + i), s.cancel_after, MAX_TOKENS_CANCELLED),
+            probe_prompt=lambda i: story(DECODE_PROBE + i),
+            settle_s=s.settle_s,
+            label="cancel during decode",
+            guard=guard,
+            progress=progress,
+        ),
+    }
+    if peer is not None:
+        out["peer"] = cancel.peer_disconnects(
+            peer,
+            count=s.peer_cancels,
+            disconnect=lambda i, nxt: peer.disconnect_after_tokens(
+                story(PEER_DECODE + i), s.cancel_after, MAX_TOKENS_CANCELLED, nxt
+            ),
+            probe_prompt=lambda i: story(PEER_DECODE_PROBE + i),
+            settle_s=s.settle_s,
+            label="peer disconnect during decode",
+            guard=guard,
+            progress=progress,
+        )
+    return out
+
+
+def cancel_prompt(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
+    s, client, peer, story = rig.settings, rig.client, rig.peer, prompts.story
+    delay = s.prompt_cancel_delay_s
+
+    def long(n: int) -> str:
+        return prompts.long_prompt(n, s.long_prompt_repeat)
+
+    out: dict[str, Any] = {
+        "delay_ms": delay * 1000.0,
+        "worker": cancel.worker_cancels(
+            client,
+            count=s.prompt_cancels,
+            cancel=lambda i: client.cancel_after_delay(long(PROMPT_CANCEL + i), delay, MAX_TOKENS_LONG),
+            probe_prompt=lambda i: story(PROMPT_PROBE + i),
+            settle_s=s.settle_s,
+            label="cancel during prompt",
+            guard=guard,
+            progress=progress,
+        ),
+    }
+    if peer is not None:
+        out["peer"] = cancel.peer_disconnects(
+            peer,
+            count=s.peer_prompt_cancels,
+            disconnect=lambda i, nxt: peer.disconnect_after_delay(long(PEER_PROMPT + i), delay, MAX_TOKENS_LONG, nxt),
+            probe_prompt=lambda i: story(PEER_PROMPT_PROBE + i),
+            settle_s=s.settle_s,
+            label="peer disconnect during prompt",
+            guard=guard,
+            progress=progress,
+        )
+    return out
+
+
+def check_overhead(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
+    s, w = rig.settings, rig.worker
+    return overhead.measure(
+        overhead.OverheadSettings(
+            model=rig.model,
+            n_ctx=w.n_ctx,
+            n_threads=w.threads,
+            prefill_chunk=w.prefill_chunk,
+            gpu_device=w.gpu_device if rig.gpu else None,
+            tokens=s.overhead_tokens,
+            rounds=s.overhead_rounds,
+        ),
+        guard,
+    )
+
+
+def resident_memory(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
+    s = rig.settings
+    if rig.pid is None:
+        rig.notes.append("no worker pid (--worker-pid): no resident-memory figures")
+    probe = memory.MemoryProbe(rig.pid, rig.worker.gpu_device if rig.gpu else None)
+    return memory.run(
+        rig.client,
+        probe,
+        prompt=prompts.story,
+        cycles=s.cycles,
+        first=s.first_cycles,
+        settle_s=s.settle_s,
+        progress=progress,
+    )
+
+
+# name on the command line → (key in the report, runner, whether its samples are guarded)
+RUNNERS: dict[str, tuple[str, Callable[[Rig, QuietGuard | None, Progress], dict[str, Any]], bool]] = {
+    "stream": ("stream", stream, True),
+    "ttft": ("ttft", ttft, True),
+    "cancel-decode": ("cancel_decode", cancel_decode, True),
+    "cancel-prompt": ("cancel_prompt", cancel_prompt, True),
+    "overhead": ("overhead", check_overhead, True),
+    "memory": ("memory", resident_memory, False),  # counts bytes, not time
+}

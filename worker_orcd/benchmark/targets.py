@@ -1,0 +1,74 @@
+"""The goals the worker is held to, checked against a report.
+
+They were set for 2 CPU cores and SmolLM2-135M Q4_1; on other hardware and
+models the report still shows them, as reference points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    description: str
+    limit: float
+    at_most: bool  # True: the value must be ≤ limit; False: ≥ limit
+    unit: str
+    value: Callable[[dict[str, Any]], float | None]
+
+    def check(self, report: dict[str, Any]) -> dict[str, Any]:
+        try:
+            value = self.value(report)
+        except (KeyError, TypeError):
+            value = None
+        met = None if value is None else (value <= self.limit if self.at_most else value >= self.limit)
+        return {
+            "key": self.key,
+            "description": self.description,
+            "value": value,
+            "limit": self.limit,
+            "op": "<=" if self.at_most else ">=",
+            "unit": self.unit,
+            "met": met,
+        }
+
+
+def _c(report: dict[str, Any]) -> dict[str, Any]:
+    return report["comparisons"]
+
+
+def _s(report: dict[str, Any]) -> dict[str, Any]:
+    return report["scenarios"]
+
+
+TARGETS = (
+    Target("stream_vs_bare", "streaming tokens/s ÷ best bare loop (paired)", 0.97, False, "×",
+           lambda r: _c(r)["stream"]["worker_over_best_bare_paired"]),
+    Target("stream_vs_peer", "streaming tokens/s ÷ llama-cpp-python server (paired)", 2.0, False, "×",
+           lambda r: _c(r)["stream"]["worker_over_peer_paired"]),
+    Target("ttft_vs_bare", "idle time to first token − best bare loop (paired p50)", 3.0, True, "ms",
+           lambda r: _c(r)["ttft"]["worker_minus_best_bare_ms_paired"]),
+    Target("cancel_decode_client_p99", "cancel during decode, client-observed p99", 10.0, True, "ms",
+           lambda r: _s(r)["cancel_decode"]["worker"]["client_ms"]["p99"]),
+    Target("cancel_decode_stop_p99", "cancel during decode, stop_ms p99", 2.0, True, "ms",
+           lambda r: _s(r)["cancel_decode"]["worker"]["stop_ms"]["p99"]),
+    Target("cancel_prompt_client_p99", "cancel during a long prompt, client-observed p99", 20.0, True, "ms",
+           lambda r: _s(r)["cancel_prompt"]["worker"]["client_ms"]["p99"]),
+    Target("free_after_decode_cancel", "next job's extra TTFT after a decode cancel (p50)", 5.0, True, "ms",
+           lambda r: _c(r)["cancel_decode"]["worker_free_after_cancel_ms"]),
+    Target("free_after_prompt_cancel", "next job's extra TTFT after a prompt cancel (p50)", 5.0, True, "ms",
+           lambda r: _c(r)["cancel_prompt"]["worker_free_after_cancel_ms"]),
+    Target("check_overhead", "cancel checks' cost on tokens/s", 1.0, True, "%",
+           lambda r: _s(r)["overhead"]["overhead_pct"]),
+    Target("memory_cycles", "RSS after all cycles vs after the first ones", 2.0, True, "%",
+           lambda r: abs(_s(r)["memory"]["rss_growth_pct"])),
+    Target("memory_cycles_vram", "VRAM after all cycles vs after the first ones", 2.0, True, "%",
+           lambda r: abs(_s(r)["memory"]["vram_growth_pct"])),
+)
+
+
+def check(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t.check(report) for t in TARGETS]
