@@ -1,0 +1,213 @@
+"""Floors under the worker's figures: what no design on top of this engine and this HTTP stack can beat.
+
+    python -m bench.floors [--model PATH] [--threads N] [--samples 200] [--json PATH]
+
+1. The engine's floor for `stop_ms`: how long llama_decode runs on after the flag
+   is raised. 2. The HTTP floor under the time to first token: the round trip of a
+   Starlette endpoint that returns a constant, under uvicorn, read by the same
+   pooled httpx client the benchmarks use, with the same idle pause before each.
+
+Engine floor. No HTTP, no job, no event: in this process, on the worker's own pieces (model,
+context settings, C cancel flag and abort callback), a decode thread evaluates
+tokens (one per llama_decode, as in a job's decode phase) or prompt batches (the
+worker's CPU ubatch), and a second thread raises the native flag at a random
+moment inside a llama_decode call. Reported: raise → llama_decode returned, in
+ms, next to an unaborted call's time. The abort callback runs after
+each graph node, so no design on top of llama.cpp can stop sooner than this;
+the worker's `stop_ms` adds the loop's own steps (the GIL, the cancel_ack
+record) to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+import llama_cpp
+
+from worker_orcd import native
+from worker_orcd.benchmark.processes import free_port
+from worker_orcd.benchmark.stats import summary
+from worker_orcd.config import default_model_path
+from worker_orcd.engine import priority
+from worker_orcd.engine.contexts import CPU_UBATCH, ContextSettings, free_context, new_context
+from worker_orcd.engine.model import Model
+
+_TOKEN_P = ctypes.POINTER(llama_cpp.llama_token)
+
+
+def measure(model: Model, settings: ContextSettings, *, batch: int, samples: int, seed: int) -> dict:
+    """`samples` aborts of llama_decode calls of `batch` tokens each, raised at random moments."""
+    rng = random.Random(seed)
+    flag = native.library().orcd_cancel_flag_new()
+    callback = llama_cpp.ggml_abort_callback(native.abort_callback_address())
+    tokens = (llama_cpp.llama_token * batch)(*([model.tokenize("Hello there,", add_special=False)[0]] * batch))
+    ctx = new_context(model, settings)
+    llama_cpp.llama_set_abort_callback(ctx, callback, flag)
+    try:
+        full = _decode_times(ctx, tokens, batch, 20)  # how long an unaborted call takes
+        typical = sorted(full)[len(full) // 2]
+        stops: list[float] = []
+        missed = 0
+        for _ in range(samples):
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            _prime(ctx, tokens, batch)
+            lib = native.library()
+            lib.orcd_cancel_flag_free(flag)
+            flag = lib.orcd_cancel_flag_new()
+            llama_cpp.llama_set_abort_callback(ctx, callback, flag)
+            delay = rng.uniform(0.1, 0.9) * typical
+            raised_at: list[float] = []
+            started = threading.Event()
+
+            def raiser() -> None:
+                started.wait()
+                time.sleep(delay)  # the moment is stamped below, after the wake-up
+                raised_at.append(time.perf_counter())
+                lib.orcd_cancel_flag_raise(flag)
+
+            t = threading.Thread(target=raiser)
+            t.start()
+            started.set()
+            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ctypes.cast(tokens, _TOKEN_P), batch))
+            returned = time.perf_counter()
+            t.join()
+            if rc != 2:  # finished before the flag came up
+                missed += 1
+                continue
+            stops.append((returned - raised_at[0]) * 1000)
+        return {
+            "batch_tokens": batch,
+            "decode_ms_unaborted": summary([x * 1000 for x in full]),
+            "raise_to_return_ms": summary(stops),
+            # a long node (the output projection) shows as a block of slow stops
+            "share_over_1ms": round(sum(x > 1.0 for x in stops) / max(len(stops), 1), 3),
+            "finished_before_raise": missed,
+        }
+    finally:
+        free_context(ctx)
+        native.library().orcd_cancel_flag_free(flag)
+
+
+def _prime(ctx: int, tokens, batch: int) -> None:
+    """A few cells in the cache first, so a one-token decode is like one in a job."""
+    n = min(batch, 32) if batch == 1 else 0
+    if n:
+        prime = (llama_cpp.llama_token * 32)(*([tokens[0]] * 32))
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ctypes.cast(prime, _TOKEN_P), 32))
+
+
+def _decode_times(ctx: int, tokens, batch: int, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        _prime(ctx, tokens, batch)
+        t0 = time.perf_counter()
+        llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ctypes.cast(tokens, _TOKEN_P), batch))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+CONSTANT_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def constant(request):
+    return JSONResponse({"status": "ok"})
+
+
+app = Starlette(routes=[Route("/constant", constant, methods=["GET", "POST"])])
+"""
+
+
+def http_floor(samples: int, settle_s: float) -> dict:
+    """Round trips to a do-nothing Starlette app: after an idle pause (as the TTFT samples) and back to back."""
+    port = free_port()
+    code = CONSTANT_APP + f"\nimport uvicorn\nuvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning', http='httptools')\n"
+    server = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.get("/constant")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+            def round_trips(pause: float) -> list[float]:
+                out = []
+                for _ in range(samples):
+                    if pause:
+                        time.sleep(pause)
+                    t0 = time.perf_counter()
+                    client.post("/constant", json={"job_id": "x"})
+                    out.append((time.perf_counter() - t0) * 1000)
+                return out
+
+            round_trips(0)  # warm up
+            return {
+                "after_idle_pause_ms": summary(round_trips(settle_s)),
+                "back_to_back_ms": summary(round_trips(0)),
+                "idle_pause_s": settle_s,
+            }
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.floors", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: every core, as `serve`)")
+    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--settle", type=float, default=0.2, help="idle pause before each HTTP sample, as `worker-orcd bench`")
+    p.add_argument("--json", type=Path, dest="json_path")
+    args = p.parse_args(argv)
+    sys.setswitchinterval(0.0005)  # as `serve` and `worker-orcd bench`
+    http = http_floor(args.samples, args.settle)
+    priority.lower_this_thread()  # as the inference thread: its llama.cpp threads inherit it
+    model = Model(args.model or default_model_path(), gpu_device=None)
+    threads = args.threads or os.cpu_count() or 1
+    settings = ContextSettings(args.n_ctx, 256, threads)
+    result = {
+        "threads": threads,
+        "http": http,
+        "decode": measure(model, settings, batch=1, samples=args.samples, seed=args.seed),
+        "prompt": measure(model, settings, batch=CPU_UBATCH, samples=args.samples, seed=args.seed + 1),
+    }
+    for name in ("decode", "prompt"):
+        r = result[name]
+        s, u = r["raise_to_return_ms"], r["decode_ms_unaborted"]
+        print(
+            f"{name:7} batch {r['batch_tokens']:4}: llama_decode {u['p50']:.2f} ms unaborted; "
+            f"flag raised → returned p50 {s['p50']:.3f} p95 {s['p95']:.3f} p99 {s['p99']:.3f} max {s['max']:.3f} ms "
+            f"(n {s['n']}, {r['finished_before_raise']} finished first; {r['share_over_1ms']:.0%} over 1 ms)"
+        )
+    for name, label in (("after_idle_pause_ms", f"after {args.settle:g} s idle"), ("back_to_back_ms", "back to back")):
+        h = http[name]
+        print(f"HTTP round trip to a constant Starlette endpoint, {label}: p50 {h['p50']:.3f} p95 {h['p95']:.3f} ms")
+    if args.json_path:
+        args.json_path.write_text(json.dumps(result, indent=2))
+    model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
