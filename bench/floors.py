@@ -55,17 +55,17 @@ def measure(model: Model, settings: ContextSettings, *, batch: int, samples: int
     ctx = new_context(model, settings)
     llama_cpp.llama_set_abort_callback(ctx, callback, flag)
     try:
-        full = _decode_times(ctx, tokens, batch, 20)  # how long an unaborted call takes
+        full = _decode_times(ctx, tokens, batch, min(20, samples))  # how long an unaborted call takes
         typical = sorted(full)[len(full) // 2]
         stops: list[float] = []
         missed = 0
+        lib = native.library()
         for _ in range(samples):
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            _prime(ctx, tokens, batch)
-            lib = native.library()
-            lib.orcd_cancel_flag_free(flag)
+            lib.orcd_cancel_flag_free(flag)  # a fresh, lowered flag for each sample
             flag = lib.orcd_cancel_flag_new()
             llama_cpp.llama_set_abort_callback(ctx, callback, flag)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            _prime(ctx, tokens, batch)
             delay = rng.uniform(0.1, 0.9) * typical
             raised_at: list[float] = []
             started = threading.Event()
@@ -100,9 +100,8 @@ def measure(model: Model, settings: ContextSettings, *, batch: int, samples: int
 
 
 def _prime(ctx: int, tokens, batch: int) -> None:
-    """A few cells in the cache first, so a one-token decode is like one in a job."""
-    n = min(batch, 32) if batch == 1 else 0
-    if n:
+    """For one-token decodes, 32 cells in the cache first, as in a job after its prompt."""
+    if batch == 1:
         prime = (llama_cpp.llama_token * 32)(*([tokens[0]] * 32))
         llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ctypes.cast(prime, _TOKEN_P), 32))
 

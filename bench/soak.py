@@ -31,7 +31,6 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+
+from worker_orcd.benchmark.processes import free_port
 
 SCENARIOS = (
     "complete",  # read to the end
@@ -69,12 +70,6 @@ HTTP_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 
 # -- the worker ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

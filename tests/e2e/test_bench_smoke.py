@@ -44,3 +44,20 @@ def test_bench_quick_report_is_well_formed(tmp_path):
     assert targets["ttft_vs_bare"]["met"] in (True, False)
     assert targets["cancel_decode_client_p99"]["value"] is not None
     assert targets["stream_vs_bare"]["value"] is None  # not run: reported, not guessed
+
+
+def test_floors_report_is_well_formed(tmp_path):
+    """`python -m bench.floors` with a handful of samples: every figure present, aborts seen."""
+    out = tmp_path / "floors.json"
+    cmd = [sys.executable, "-m", "bench.floors", "--samples", "4", "--settle", "0.01", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    floors = json.loads(out.read_text())
+    for name in ("after_idle_pause_ms", "back_to_back_ms"):
+        assert floors["http"][name]["n"] == 4 and floors["http"][name]["p50"] > 0
+    for phase, batch in (("decode", 1), ("prompt", 128)):
+        result = floors[phase]
+        assert result["batch_tokens"] == batch
+        stops = result["raise_to_return_ms"]
+        assert stops["n"] + result["finished_before_raise"] == 4
+        assert stops["n"] >= 1  # a prompt batch runs for hundreds of ms: the flag comes up inside it
