@@ -6,6 +6,10 @@
    is raised. 2. The HTTP floor under the time to first token: the round trip of a
    Starlette endpoint that returns a constant, under uvicorn, read by the same
    pooled httpx client the benchmarks use, with the same idle pause before each.
+3. The worker's own `POST /cancel` round trip (an unknown job id: nothing to
+   stop), on an idle worker and while it streams a long answer, the same pauses
+   between requests: whether a busy engine, or HTTP itself, sets the cancel's
+   transit times.
 
 Engine floor. No HTTP, no job, no event: in this process, on the worker's own pieces (model,
 context settings, C cancel flag and abort callback), a decode thread evaluates
@@ -36,7 +40,9 @@ import httpx
 import llama_cpp
 
 from worker_orcd import native
-from worker_orcd.benchmark.processes import free_port
+from worker_orcd.benchmark import prompts
+from worker_orcd.benchmark.processes import free_port, scratch_dir, worker_server
+from worker_orcd.benchmark.worker_client import WorkerClient
 from worker_orcd.benchmark.stats import summary
 from worker_orcd.config import default_model_path
 from worker_orcd.engine import priority
@@ -169,6 +175,44 @@ def http_floor(samples: int, settle_s: float) -> dict:
         server.wait(10)
 
 
+def cancel_round_trips(samples: int, model: Path | None) -> dict:
+    """`POST /cancel` round trips to a real worker, idle and during a long decode."""
+    import shutil
+
+    scratch = scratch_dir()
+    server = worker_server(model, [], scratch).start()
+    client = WorkerClient(server.url)
+    rng = random.Random(7)
+    try:
+        client.warm_up()
+
+        def round_trips(n: int, busy: threading.Event | None = None) -> list[float]:
+            out = []
+            while len(out) < n and (busy is None or not busy.is_set()):
+                time.sleep(rng.uniform(0.005, 0.03))  # as a client would: not back to back
+                t0 = time.perf_counter()
+                client.http.post("/cancel", json={"job_id": "no-such-job"}).raise_for_status()
+                out.append((time.perf_counter() - t0) * 1000)
+            return out
+
+        idle = round_trips(samples)
+        busy: list[float] = []
+        story = 0
+        while len(busy) < samples:
+            done = threading.Event()
+            story += 1
+            job = threading.Thread(target=lambda: (client.stream(prompts.story(story), 600), done.set()))
+            job.start()
+            time.sleep(0.5)  # its prompt is evaluated: what follows lands in decode
+            busy += round_trips(samples - len(busy), done)
+            job.join()
+        return {"idle_ms": summary(idle), "during_decode_ms": summary(busy)}
+    finally:
+        client.close()
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.floors", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None)
@@ -181,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.setswitchinterval(0.0005)  # as `serve` and `worker-orcd bench`
     http = http_floor(args.samples, args.settle)
+    http["worker_cancel"] = cancel_round_trips(args.samples, args.model)
     priority.lower_this_thread()  # as the inference thread: its llama.cpp threads inherit it
     model = Model(args.model or default_model_path(), gpu_device=None)
     threads = args.threads or os.cpu_count() or 1
@@ -202,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("after_idle_pause_ms", f"after {args.settle:g} s idle"), ("back_to_back_ms", "back to back")):
         h = http[name]
         print(f"HTTP round trip to a constant Starlette endpoint, {label}: p50 {h['p50']:.3f} p95 {h['p95']:.3f} ms")
+    for name, label in (("idle_ms", "an idle worker"), ("during_decode_ms", "a worker decoding")):
+        h = http["worker_cancel"][name]
+        print(f"POST /cancel round trip to {label}: p50 {h['p50']:.3f} p95 {h['p95']:.3f} p99 {h['p99']:.3f} ms")
     if args.json_path:
         args.json_path.write_text(json.dumps(result, indent=2))
     model.close()

@@ -55,6 +55,8 @@ def test_floors_report_is_well_formed(tmp_path):
     floors = json.loads(out.read_text())
     for name in ("after_idle_pause_ms", "back_to_back_ms"):
         assert floors["http"][name]["n"] == 4 and floors["http"][name]["p50"] > 0
+    for name in ("idle_ms", "during_decode_ms"):
+        assert floors["http"]["worker_cancel"][name]["n"] == 4
     for phase, batch in (("decode", 1), ("prompt", 128)):
         result = floors[phase]
         assert result["batch_tokens"] == batch
