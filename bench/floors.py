@@ -29,6 +29,7 @@ import ctypes
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ from worker_orcd.config import default_model_path
 from worker_orcd.engine import priority
 from worker_orcd.engine.contexts import CPU_UBATCH, ContextSettings, free_context, new_context
 from worker_orcd.engine.model import Model
+from worker_orcd.server import GIL_SWITCH_SEC
 
 _TOKEN_P = ctypes.POINTER(llama_cpp.llama_token)
 
@@ -177,8 +179,6 @@ def http_floor(samples: int, settle_s: float) -> dict:
 
 def cancel_round_trips(samples: int, model: Path | None) -> dict:
     """`POST /cancel` round trips to a real worker, idle and during a long decode."""
-    import shutil
-
     scratch = scratch_dir()
     server = worker_server(model, [], scratch).start()
     client = WorkerClient(server.url)
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.2, help="idle pause before each HTTP sample, as `worker-orcd bench`")
     p.add_argument("--json", type=Path, dest="json_path")
     args = p.parse_args(argv)
-    sys.setswitchinterval(0.0005)  # as `serve` and `worker-orcd bench`
+    sys.setswitchinterval(GIL_SWITCH_SEC)  # as `serve`
     http = http_floor(args.samples, args.settle)
     http["worker_cancel"] = cancel_round_trips(args.samples, args.model)
     priority.lower_this_thread()  # as the inference thread: its llama.cpp threads inherit it

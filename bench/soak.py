@@ -26,14 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +40,7 @@ from typing import Any, Callable
 
 import httpx
 
-from worker_orcd.benchmark.processes import free_port
+from worker_orcd.benchmark.processes import rss_bytes, scratch_dir, worker_server
 
 SCENARIOS = (
     "complete",  # read to the end
@@ -81,65 +77,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout}s")
         time.sleep(POLL_S)
-
-
-class OwnWorker:
-    """A worker this soak starts on a free port with its own state dir, and stops."""
-
-    def __init__(self, extra_args: list[str]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="worker-orcd-soak-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.dir / "worker.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "worker_orcd",
-            "serve",
-            "--port",
-            str(self.port),
-            "--state-dir",
-            str(self.dir),
-            "--worker-id",
-            "soak",
-            *extra_args,
-        ]
-        # Logs go to a file: a pipe nobody reads would block the worker.
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
-        self.pid = self.proc.pid  # the worker re-executes itself in place: same pid
-
-        def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"worker exited with {self.proc.returncode}; see {self.log_path}"
-                )
-            try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        try:
-            wait_for(healthy, 120, "worker healthy")
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class RssSampler:
@@ -482,7 +419,8 @@ def _requests_by_outcome(http: httpx.Client) -> dict[str, float] | None:
 
 
 def run_soak(cfg: SoakConfig) -> dict[str, Any]:
-    own = None if cfg.url else OwnWorker(cfg.worker_args)
+    # A worker of our own: a fresh ledger, and no other clients to blur the counts.
+    own = None if cfg.url else worker_server(None, cfg.worker_args, scratch_dir(), worker_id="soak").start()
     url = cfg.url or own.url
     pid = cfg.pid if cfg.url else own.pid
     headers = {"Authorization": f"Bearer {cfg.token}"} if cfg.token else {}
@@ -578,7 +516,7 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
     finally:
         sampler.stop()
         http.close()
-        exit_status = own.stop() if own else None
+        exit_status = own.stop(timeout=60) if own else None
 
     by_outcome = Counter(r.outcome for r in runs)
     metrics_delta = None
@@ -626,9 +564,9 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
     ok = not any(violations.values())
     if own is not None:
         if ok:
-            shutil.rmtree(own.dir, ignore_errors=True)
+            shutil.rmtree(own.scratch, ignore_errors=True)
         else:
-            failures.append(f"the worker's log and ledger are kept in {own.dir}")
+            failures.append(f"the worker's log and ledger are kept in {own.scratch}")
     mib = lambda b: None if b is None else round(b / 2**20, 1)  # noqa: E731
     return {
         "jobs": cfg.jobs,

@@ -117,11 +117,13 @@ def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="worker-orcd-bench-"))
 
 
-def worker_server(model: Path | None, worker_args: list[str], scratch: Path) -> ChildServer:
-    """`worker-orcd serve` with the user's worker flags, on a free port."""
+def worker_server(
+    model: Path | None, worker_args: list[str], scratch: Path, *, worker_id: str = "bench-worker"
+) -> ChildServer:
+    """`worker-orcd serve` with the user's worker flags, on a free port, its ledger in `scratch`."""
     port = free_port()
     cmd = [sys.executable, "-m", "worker_orcd", "serve", "--port", str(port)]
-    cmd += ["--state-dir", str(scratch / "state"), "--worker-id", "bench-worker"]
+    cmd += ["--state-dir", str(scratch / "state"), "--worker-id", worker_id]
     if model is not None:
         cmd += ["--model", str(model)]
     cmd += worker_args
