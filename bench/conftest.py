@@ -4,7 +4,9 @@
 
 One worker (started here, default flags) and, when the `peer` extra is
 installed, llama-cpp-python's server on the same model and settings; the bare
-loop runs in this process. Everything is started once per session.
+loop runs in this process. Everything is started once per session. The
+baselines take the worker's extra-CPU-buffers setting from its /health, and the
+saved machine info says what it was.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from worker_orcd.benchmark import processes
+from worker_orcd.benchmark import extra_buffers, processes
 from worker_orcd.benchmark.bare import BareLoop
 from worker_orcd.benchmark.cli import CLIENT_GIL_SWITCH_SEC
 from worker_orcd.benchmark.peer_client import PeerClient
@@ -24,6 +27,7 @@ from worker_orcd.benchmark.settings import BenchSettings, worker_settings
 from worker_orcd.benchmark.sides import bare_side, client_side
 from worker_orcd.benchmark.worker_client import WorkerClient
 from worker_orcd.config import default_model_path
+from worker_orcd.engine.cpu_features import cpu_model
 
 # Stream readers stamp events after taking the GIL (see worker_orcd.benchmark.cli).
 sys.setswitchinterval(CLIENT_GIL_SWITCH_SEC)
@@ -32,6 +36,8 @@ DEFAULTS = BenchSettings()
 WORKER_ARGS: tuple[str, ...] = ()
 SETTINGS = worker_settings(WORKER_ARGS)
 SETTLE_S = DEFAULTS.settle_s
+# The worker's extra-CPU-buffers setting, once a fixture has read it.
+EXTRA_BUFFERS: dict = {}
 
 
 def settle() -> None:
@@ -72,6 +78,18 @@ def worker_proc(scratch):
 
 
 @pytest.fixture(scope="session")
+def cpu_extra_buffers(worker_proc) -> bool:
+    """Whether the worker uses the engine's extra CPU buffer types; the baselines do the same."""
+    EXTRA_BUFFERS.update(extra_buffers.of_worker(httpx.get(worker_proc.url + "/health", timeout=10).json()))
+    return bool(EXTRA_BUFFERS["enabled"])
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["cpu_model"] = cpu_model()
+    machine_info["cpu_extra_buffers"] = dict(EXTRA_BUFFERS) or None
+
+
+@pytest.fixture(scope="session")
 def worker(worker_proc) -> WorkerClient:
     client = WorkerClient(worker_proc.url)
     client.warm_up()
@@ -80,12 +98,13 @@ def worker(worker_proc) -> WorkerClient:
 
 
 @pytest.fixture(scope="session")
-def peer(scratch, model) -> PeerClient:
+def peer(scratch, model, cpu_extra_buffers) -> PeerClient:
     if not processes.peer_available():
         pytest.skip("llama-cpp-python's server is not installed: pip install 'worker-orcd[peer]'")
     s = SETTINGS
     server = processes.peer_server(
-        processes.PeerSettings(model, s.n_ctx, s.threads, s.prefill_chunk, 0, s.gpu_device), scratch
+        processes.PeerSettings(model, s.n_ctx, s.threads, s.prefill_chunk, 0, s.gpu_device, cpu_extra_buffers),
+        scratch,
     ).start()
     client = PeerClient(server.url)
     client.warm_up()
@@ -98,8 +117,15 @@ BARE_THREADS = tuple(sorted({1, SETTINGS.threads}))
 
 
 @pytest.fixture(scope="session")
-def bare(model) -> BareLoop:
-    loop = BareLoop(model, n_ctx=SETTINGS.n_ctx, n_batch=SETTINGS.prefill_chunk, gpu_layers=0, gpu_device=0)
+def bare(model, cpu_extra_buffers) -> BareLoop:
+    loop = BareLoop(
+        model,
+        n_ctx=SETTINGS.n_ctx,
+        n_batch=SETTINGS.prefill_chunk,
+        gpu_layers=0,
+        gpu_device=0,
+        extra_buffers=cpu_extra_buffers,
+    )
     loop.warm_up(BARE_THREADS)
     yield loop
     loop.close()

@@ -45,8 +45,8 @@ from worker_orcd.benchmark import prompts
 from worker_orcd.benchmark.processes import free_port, scratch_dir, worker_server
 from worker_orcd.benchmark.worker_client import WorkerClient
 from worker_orcd.benchmark.stats import summary
-from worker_orcd.config import default_model_path
-from worker_orcd.engine import priority
+from worker_orcd.config import default_model_path, default_state_dir
+from worker_orcd.engine import cpu_features, priority
 from worker_orcd.engine.contexts import CPU_UBATCH, ContextSettings, free_context, new_context
 from worker_orcd.engine.model import Model
 from worker_orcd.server import GIL_SWITCH_SEC
@@ -227,11 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     http = http_floor(args.samples, args.settle)
     http["worker_cancel"] = cancel_round_trips(args.samples, args.model)
     priority.lower_this_thread()  # as the inference thread: its llama.cpp threads inherit it
-    model = Model(args.model or default_model_path(), gpu_device=None)
     threads = args.threads or os.cpu_count() or 1
+    model_path = args.model or default_model_path()
+    # The same check and cache as the worker's: a CPU whose extra buffer types trap
+    # must not take this process down either.
+    extra = cpu_features.decide(
+        "auto", model_path=model_path, state_dir=default_state_dir(), threads=threads, gpu_device=None
+    )
+    model = Model(model_path, gpu_device=None, extra_buffers=extra.enabled)
     settings = ContextSettings(args.n_ctx, 256, threads)
     result = {
         "threads": threads,
+        "cpu_extra_buffers": extra.health(),
         "http": http,
         "decode": measure(model, settings, batch=1, samples=args.samples, seed=args.seed),
         "prompt": measure(model, settings, batch=CPU_UBATCH, samples=args.samples, seed=args.seed + 1),

@@ -14,7 +14,7 @@ from worker_orcd.benchmark.stats import summary
 
 
 @pytest.fixture(scope="module")
-def engine(model):
+def engine(model, cpu_extra_buffers):
     bench = OverheadBench(
         OverheadSettings(
             model=model,
@@ -24,6 +24,7 @@ def engine(model):
             gpu_device=None,
             tokens=DEFAULTS.overhead_tokens,
             rounds=DEFAULTS.overhead_rounds,
+            extra_buffers=cpu_extra_buffers,
         )
     )
     bench.generate("checked", 0)  # warm caches

@@ -91,6 +91,7 @@ class WorkerProcess:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    worker_id: str | None = "test-worker"  # None: the worker's own default (named after the port)
     state_dir: Path | None = None
     proc: subprocess.Popen | None = None
     log: LogTail | None = None
@@ -108,8 +109,7 @@ class WorkerProcess:
             str(self.port),
             "--state-dir",
             str(self.state_dir),
-            "--worker-id",
-            "test-worker",
+            *(["--worker-id", self.worker_id] if self.worker_id else []),
             *self.args,
         ]
         env = {**os.environ, **self.env}

@@ -1,7 +1,8 @@
 """The ASGI app: routes, middleware and error handlers around one Worker.
 
 Middleware, outermost first: correlation id (so every answer carries it),
-size limits, body limit, bearer auth; then the routes.
+the browser guard (Host, Origin, CORS: before anything reads the request), size
+limits, body limit, bearer auth; then the routes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable
 from worker_orcd.http.correlation import CorrelationIdMiddleware
 from worker_orcd.http.errors import EXCEPTION_HANDLERS
 from worker_orcd.http.limits import RequestLimitsMiddleware
+from worker_orcd.http.origin import BrowserGuardMiddleware, HostRule, OriginRule
 from worker_orcd.http.routes import ROUTES
 from worker_orcd.worker import Worker
 
@@ -24,9 +26,14 @@ def create_app(worker: Worker) -> Starlette:
         routes=ROUTES,
         middleware=[
             Middleware(CorrelationIdMiddleware),
+            Middleware(
+                BrowserGuardMiddleware,
+                hosts=HostRule.for_worker(config.host, config.allowed_hosts, keyed=config.keyed),
+                origins=OriginRule(config.allow_origins),
+            ),
             Middleware(RequestLimitsMiddleware, max_body_bytes=config.max_body_bytes),
             Middleware(RequestBodyLimitMiddleware, max_body_size=config.max_body_bytes),
-            Middleware(BearerAuthMiddleware, tokens=TokenTable(config.api_keys)),
+            Middleware(BearerAuthMiddleware, tokens=TokenTable(config.api_keys, config.admin_keys)),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )

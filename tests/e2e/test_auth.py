@@ -112,14 +112,24 @@ def test_other_tenant_cannot_see_or_cancel(keyed_worker):
         assert_error(bob.get(f"/jobs/{job_id}"), 404, "JOB_NOT_FOUND")  # nor after it ended
         assert job_id not in [j["job_id"] for j in bob.get("/jobs").json()["jobs"]]
 
-        # Ids are per tenant: Bob may use the same one, and each sees their own job.
-        assert terminal(execute(bob, job(job_id, max_tokens=3))).name == "end"
-        assert job_of(bob, job_id)["tokens_out"] == 3
+        # Bob's cancel was for his own id: like any cancel for an id he does not know, it
+        # is kept for his execute (WO-CANCEL-12), whoever else uses the id, so this leaks
+        # nothing either. His job with that id ends at once; Alice's stays as it ended.
+        events = execute(bob, job(job_id, max_tokens=3))
+        assert [e.name for e in events] == ["error"] and events[0].data["code"] == "CANCELLED"
+        assert job_of(bob, job_id)["state"] == "cancelled"
+        assert job_of(alice, job_id)["state"] == "completed"
         assert job_of(alice, job_id)["tokens_out"] == end.data["tokens_out"]
-        assert job_of(alice, job_id)["text"] != job_of(bob, job_id)["text"]
         assert [j["job_id"] for j in bob.get("/jobs").json()["jobs"]].count(job_id) == 1
         # Alice still cannot reuse her own id.
         assert_error(alice.post("/execute", json=job(job_id)), 409, "JOB_EXISTS")
+
+        # Ids are per tenant: Bob may use one of Alice's, and each sees their own job.
+        other = uid("shared")
+        assert terminal(execute(alice, job(other, max_tokens=2))).name == "end"
+        assert terminal(execute(bob, job(other, max_tokens=3))).name == "end"
+        assert job_of(bob, other)["tokens_out"] == 3 and job_of(alice, other)["tokens_out"] == 2
+        assert job_of(alice, other)["text"] != job_of(bob, other)["text"]
 
 
 def test_other_tenant_cannot_cancel_a_queued_job(keyed_worker):

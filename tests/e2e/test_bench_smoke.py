@@ -23,6 +23,9 @@ def test_bench_quick_report_is_well_formed(tmp_path):
     report = json.loads(out.read_text())
     assert report["schema"] == "worker-orcd-bench/1"
     assert {"date", "cpu", "cores", "load_average_at_start", "load_average_at_end"} <= report["machine"].keys()
+    # The baselines ran with the worker's extra-CPU-buffers setting, and the report says which.
+    assert report["machine"]["cpu_extra_buffers"]["source"] in ("flag", "probe", "cache")
+    assert "extra CPU buffers on" in done.stdout or "extra CPU buffers off" in done.stdout
     assert report["model"]["file"].endswith(".gguf")
     assert report["command"].startswith("worker-orcd bench")
 

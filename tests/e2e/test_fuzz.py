@@ -46,11 +46,15 @@ CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ERROR_STATUS = {
     "INVALID_REQUEST": 400,
     "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "HOST_NOT_ALLOWED": 403,
+    "ORIGIN_NOT_ALLOWED": 403,
     "JOB_NOT_FOUND": 404,
     "NOT_FOUND": 404,
     "METHOD_NOT_ALLOWED": 405,
     "JOB_EXISTS": 409,
     "PAYLOAD_TOO_LARGE": 413,
+    "TENANT_BUSY": 429,
     "HEADERS_TOO_LARGE": 431,
     "INTERNAL": 500,
     "WORKER_BUSY": 503,
@@ -389,6 +393,19 @@ def test_missing_token_answer_conforms(keyed_worker, method, path, case_args):
 
 def test_health_needs_no_token(keyed_worker):
     assert call_documented(keyed_worker, "GET", "/health").status_code == 200
+
+
+def test_access_answers_conform(keyed_worker, fuzz_worker):
+    """403s of the access rules, and /health with a token (WO-AUTH-4..8), are answers of the document."""
+    alice = {"Authorization": "Bearer fuzz-token"}
+    r = call_documented(keyed_worker, "GET", "/health", headers=alice)
+    assert r.status_code == 200 and "busy" in r.json()
+    r = call_documented(keyed_worker, "POST", "/shutdown", headers=alice)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
+    r = call_documented(keyed_worker, "GET", "/jobs", headers={**alice, "Origin": "http://evil.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "ORIGIN_NOT_ALLOWED"
+    r = call_documented(fuzz_worker, "GET", "/health", headers={"Host": "evil.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "HOST_NOT_ALLOWED"
 
 
 def test_worker_is_healthy_after_fuzzing(fuzz_worker):

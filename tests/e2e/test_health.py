@@ -24,6 +24,9 @@ HEALTH_FIELDS = {
     "gpu_device",
     "active_job",
     "queue_depth",
+    "busy",
+    "ready",
+    "cpu_extra_buffers",
 }
 
 
@@ -39,6 +42,8 @@ def test_health_fields(client):
     # WO-HEALTH-2: no GPU here, so no GPU figures, and no crash.
     assert h["backend"] == "cpu" and h["gpu_device"] is None and h["vram_bytes_used"] is None
     assert h["active_job"] is None and h["queue_depth"] == 0
+    assert h["busy"] is False and h["ready"] is True
+    assert set(h["cpu_extra_buffers"]) == {"mode", "enabled", "source", "reason"}  # WO-CPU-1
     later = client.get("/health").json()
     assert later["uptime_seconds"] >= h["uptime_seconds"] > 0
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.helpers import StreamThread, assert_error, cancel, job_of, terminal, uid
 from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess, execute, wait_until
+from worker_orcd.benchmark.processes import free_port
 
 ARGS = ["--threads", "1"]
 SHORT = CHAT.format("Name three colours.")
@@ -28,7 +29,7 @@ def long_job(job_id: str) -> dict:
 
 def ledger_rows(state_dir: Path) -> dict[str, dict]:
     """Every row of the worker's ledger file, read through a read-only connection of our own."""
-    path = state_dir / "jobs-test-worker.sqlite3"
+    path = state_dir / "jobs.sqlite3"
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     conn.row_factory = sqlite3.Row
     try:
@@ -48,9 +49,18 @@ def run_cancelled(worker: WorkerProcess, job_id: str) -> dict:
     return end.data
 
 
+def on_another_port(first: WorkerProcess) -> WorkerProcess:
+    """The same worker's next start on the same --state-dir, on another port and with
+    the default worker id (which names the port): its history must still be there (WO-LEDGER-5)."""
+    port = free_port()
+    while port == first.port:
+        port = free_port()
+    return WorkerProcess(args=ARGS, state_dir=first.state_dir, port=port, worker_id=None)
+
+
 @pytest.fixture(scope="module")
 def history():
-    """A worker ran three jobs and was restarted on the same --state-dir and --worker-id.
+    """A worker ran three jobs and was restarted on the same --state-dir, on another port.
 
     Yields the restarted worker, the job ids in submission order, and what GET /jobs/{id}
     answered before the restart (from memory)."""
@@ -66,7 +76,7 @@ def history():
             assert terminal(execute(c, short_job(done_2))).name == "end"
             before = {job_id: job_of(c, job_id) for job_id in (done_1, cut, done_2)}
         assert first.stop() == 0
-        second = WorkerProcess(args=ARGS, state_dir=state_dir).start()
+        second = on_another_port(first).start()
         yield second, [done_1, cut, done_2], before
     finally:
         first.kill()
@@ -188,7 +198,7 @@ def test_sigkill_marks_running_job_restarted(crash_dir):
                 events = stream.events
             assert not [e for e in events if e.name in ("end", "error")]
 
-        second = WorkerProcess(args=ARGS, state_dir=crash_dir).start()
+        second = on_another_port(first).start()
         recovered = second.log.wait_for("ledger_recovered")
         assert recovered["jobs_marked_restarted"] == 2
 
@@ -216,3 +226,4 @@ def test_sigkill_marks_running_job_restarted(crash_dir):
         first.kill()
         if second is not None:
             second.stop()
+

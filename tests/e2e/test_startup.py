@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support import free_port
+from tests.support import WorkerProcess, free_port
 
 
 def _serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -59,3 +59,18 @@ def test_port_in_use(tmp_path):
         port = busy.getsockname()[1]
         result = _serve(tmp_path, "--port", str(port))
     _assert_one_line_failure(result, str(port))
+
+
+def test_state_dir_in_use(tmp_path):
+    """One worker per state dir (WO-LEDGER-5): a second one, on another port, fails at
+    start naming the holder; the first goes on, and once it stops the dir is free."""
+    first = WorkerProcess(args=["--threads", "1"], state_dir=tmp_path / "state").start()
+    try:
+        result = _serve(tmp_path, "--port", str(free_port()))
+        _assert_one_line_failure(result, "in use by another worker", f"pid {first.proc.pid}", "--state-dir")
+        with first.client() as c:
+            assert c.get("/health").json()["status"] == "healthy"
+    finally:
+        assert first.stop() == 0
+    again = WorkerProcess(args=["--threads", "1"], state_dir=tmp_path / "state").start()
+    assert again.stop() == 0

@@ -1,5 +1,5 @@
-"""Bearer tokens per tenant (WO-AUTH-1): the token table, header parsing, the
-middleware and the TENANT=TOKEN parsing of the CLI."""
+"""Bearer tokens per tenant and operator keys (WO-AUTH-1, WO-AUTH-4, WO-AUTH-5): the
+token table, header parsing, the middleware and the key parsing of the CLI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import json
 import pytest
 
 from worker_orcd.cli import parse_api_keys
-from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable, bearer_token
+from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable, bearer_token, from_loopback
 
 KEYS = (("alice", "tok-alice"), ("bob", "tok-bob-longer-token"))
+OPERATORS = (("ops", "tok-ops"),)
 
 
 def test_token_table_maps_tokens_to_tenants():
@@ -35,8 +36,24 @@ def test_same_token_for_two_tenants_resolves_to_the_first():
     assert table.tenant_for(b"shared") == "first"
 
 
-def scope(*headers: tuple[bytes, bytes], path: str = "/jobs") -> dict:
-    return {"type": "http", "method": "GET", "path": path, "headers": list(headers), "query_string": b""}
+def test_operator_keys_are_tenants_with_the_operator_right():
+    table = TokenTable(KEYS, OPERATORS)
+    assert table.caller_for(b"tok-alice") == ("alice", False)
+    assert table.caller_for(b"tok-ops") == ("ops", True)
+    assert table.tenant_for(b"tok-ops") == "ops"
+    assert table.caller_for(b"tok-op") is None
+    assert TokenTable((), OPERATORS)  # operator keys alone turn auth on
+
+
+def scope(*headers: tuple[bytes, bytes], path: str = "/jobs", client=("127.0.0.1", 40000)) -> dict:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "headers": list(headers),
+        "query_string": b"",
+        "client": client,
+    }
 
 
 @pytest.mark.parametrize(
@@ -77,15 +94,26 @@ async def _call(middleware, s: dict) -> list[dict]:
     return sent
 
 
-def run_middleware(keys, s: dict) -> tuple[str | None, list[dict]]:
-    """Returns the tenant the app saw (None if it was not called) and what was sent."""
-    reached: list[str] = []
+NOT_CALLED = "<the app was not called>"
+
+
+def run_caller(keys, s: dict, operators=()) -> tuple[object, bool | None, list[dict]]:
+    """The tenant and operator right the app saw (NOT_CALLED, None if it was not called)
+    and what was sent."""
+    reached: list[tuple] = []
 
     async def app(inner_scope, receive, send):
-        reached.append(inner_scope["state"]["tenant"])
+        reached.append((inner_scope["state"]["tenant"], inner_scope["state"]["operator"]))
 
-    sent = asyncio.run(_call(BearerAuthMiddleware(app, TokenTable(keys)), s))
-    return (reached[0] if reached else None), sent
+    sent = asyncio.run(_call(BearerAuthMiddleware(app, TokenTable(keys, operators)), s))
+    tenant, operator = reached[0] if reached else (NOT_CALLED, None)
+    return tenant, operator, sent
+
+
+def run_middleware(keys, s: dict) -> tuple[str | None, list[dict]]:
+    """Returns the tenant the app saw (None if it was not called) and what was sent."""
+    tenant, _, sent = run_caller(keys, s)
+    return (None if tenant is NOT_CALLED else tenant), sent
 
 
 def test_middleware_sets_the_tenant():
@@ -114,8 +142,13 @@ def test_middleware_rejects_without_a_known_token(headers):
 
 
 def test_health_is_open_and_no_keys_means_tenant_empty():
-    tenant, sent = run_middleware(KEYS, scope(path="/health"))
-    assert tenant == "" and sent == []
+    # Without a valid token /health is reached anonymously: no tenant at all.
+    for headers in [(), ((b"authorization", b"Bearer wrong"),)]:
+        tenant, operator, sent = run_caller(KEYS, scope(*headers, path="/health"))
+        assert tenant is None and operator is False and sent == []
+    # With one, /health knows whose it is.
+    tenant, operator, sent = run_caller(KEYS, scope((b"authorization", b"Bearer tok-alice"), path="/health"))
+    assert (tenant, operator, sent) == ("alice", False, [])
     tenant, sent = run_middleware((), scope(path="/execute"))
     assert tenant == "" and sent == []
     # Only /health itself is open, not paths that merely start with it.
@@ -123,14 +156,45 @@ def test_health_is_open_and_no_keys_means_tenant_empty():
     assert tenant is None and sent[0]["status"] == 401
 
 
+def test_operator_right_comes_from_the_key():
+    ops = scope((b"authorization", b"Bearer tok-ops"), path="/shutdown")
+    assert run_caller(KEYS, ops, OPERATORS)[:2] == ("ops", True)
+    alice = scope((b"authorization", b"Bearer tok-alice"), path="/shutdown")
+    assert run_caller(KEYS, alice, OPERATORS)[:2] == ("alice", False)
+    # With keys, being on this machine gives no right: only the key does.
+    assert run_caller(KEYS, scope(path="/health", client=("127.0.0.1", 1)), OPERATORS)[:2] == (None, False)
+
+
+@pytest.mark.parametrize(
+    "client, operator",
+    [
+        (("127.0.0.1", 5000), True),
+        (("127.3.4.5", 5000), True),
+        (("::1", 5000), True),
+        (("::ffff:127.0.0.1", 5000), True),
+        (("10.0.0.7", 5000), False),
+        (("192.168.1.20", 5000), False),
+        (("::ffff:10.0.0.7", 5000), False),
+        (("2001:db8::1", 5000), False),
+        (("testclient", 50000), False),
+        (None, False),
+    ],
+)
+def test_without_keys_the_operator_is_a_loopback_client(client, operator):
+    s = scope(path="/shutdown", client=client)
+    assert from_loopback(s) is operator
+    assert run_caller((), s)[:2] == ("", operator)
+
+
 # -- cli.parse_api_keys ------------------------------------------------------------------
 
 
 def test_parse_api_keys_from_flags():
-    assert parse_api_keys(["alice=tok-a", " bob = tok-b "], None) == (("alice", "tok-a"), ("bob", "tok-b"))
+    keys = parse_api_keys(["alice=tok-a", " bob = tok-b "], None)
+    assert keys.tenants == (("alice", "tok-a"), ("bob", "tok-b")) and keys.operators == ()
     # Only the first "=" separates: a token may contain "=" (base64 padding).
-    assert parse_api_keys(["carol=YWJj=="], None) == (("carol", "YWJj=="),)
-    assert parse_api_keys([], None) == ()
+    assert parse_api_keys(["carol=YWJj=="], None).tenants == (("carol", "YWJj=="),)
+    assert parse_api_keys([], None) == ((), ())
 
 
 def test_parse_api_keys_file_with_comments_and_blank_lines(tmp_path):
@@ -143,14 +207,27 @@ def test_parse_api_keys_file_with_comments_and_blank_lines(tmp_path):
         "  dave = tok-d  \n"
         "\n"
     )
-    assert parse_api_keys(["alice=tok-a"], keys_file) == (
+    assert parse_api_keys(["alice=tok-a"], keys_file).tenants == (
         ("alice", "tok-a"),
         ("carol", "tok-c"),
         ("dave", "tok-d"),
     )
 
 
-@pytest.mark.parametrize("line", ["no-separator", "=tok-x", "erin=", "  =  ", "frank=   "])
+def test_parse_operator_keys_from_flags_and_file(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(
+        "carol=tok-c\n"
+        "admin ops=tok-ops\n"
+        "  admin\tnight-shift = tok-night  \n"
+        "admin=tok-tenant-named-admin\n"  # no space after the word: a tenant called admin
+    )
+    keys = parse_api_keys(["alice=tok-a"], keys_file, ["root=tok-root=="])
+    assert keys.tenants == (("alice", "tok-a"), ("carol", "tok-c"), ("admin", "tok-tenant-named-admin"))
+    assert keys.operators == (("root", "tok-root=="), ("ops", "tok-ops"), ("night-shift", "tok-night"))
+
+
+@pytest.mark.parametrize("line", ["no-separator", "=tok-x", "erin=", "  =  ", "frank=   ", "big corp=tok"])
 def test_parse_api_keys_rejects_bad_lines(tmp_path, line):
     with pytest.raises(ValueError, match="TENANT=TOKEN"):
         parse_api_keys([line], None)
@@ -160,10 +237,21 @@ def test_parse_api_keys_rejects_bad_lines(tmp_path, line):
         parse_api_keys([], keys_file)
 
 
+@pytest.mark.parametrize("entry", ["ops", "=tok", "ops=", "night shift=tok"])
+def test_parse_api_keys_rejects_bad_operator_keys(tmp_path, entry):
+    with pytest.raises(ValueError, match="NAME=TOKEN"):
+        parse_api_keys([], None, [entry])
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"admin {entry}\n")
+    with pytest.raises(ValueError, match="NAME=TOKEN"):
+        parse_api_keys([], keys_file)
+
+
 def test_parse_api_keys_error_does_not_echo_the_token():
-    with pytest.raises(ValueError) as info:
-        parse_api_keys(["=secret-token-value"], None)
-    assert "secret-token-value" not in str(info.value)
+    for flags, admin in ([["=secret-token-value"], []], [[], ["secret-token-value"]]):
+        with pytest.raises(ValueError) as info:
+            parse_api_keys(flags, None, admin)
+        assert "secret-token-value" not in str(info.value)
 
 
 def test_parse_api_keys_missing_file(tmp_path):

@@ -92,3 +92,26 @@ def test_raised_exactly_once_under_racing_threads(monkeypatch):
         assert flag.reason is winners[0]
         assert flag.native_is_raised()
         assert counting.raises == i + 1  # one native raise per flag, whatever the race
+
+
+def test_python_side_is_complete_before_the_native_store(monkeypatch):
+    """WO-CANCEL-11: the moment the abort callback can see the flag (and llama.cpp can
+    return "aborted"), the token loop already sees it raised, with its reason and time."""
+    seen = []
+
+    class Watching(CountingLibrary):
+        def orcd_cancel_flag_raise(self, address):
+            seen.append((flag.raised, flag.reason, flag.raised_at))
+            return super().orcd_cancel_flag_raise(address)
+
+    watching = Watching(native.library())
+    monkeypatch.setattr(native, "library", lambda: watching)
+    flag = CancelFlag()
+    flag.raise_(CancelReason.TIMEOUT)
+    assert seen == [(True, CancelReason.TIMEOUT, flag.raised_at)] and flag.raised_at is not None
+
+
+def test_raise_keeps_an_earlier_moment():
+    flag = CancelFlag()
+    assert flag.raise_(CancelReason.CLIENT, at=12.5)
+    assert flag.raised_at == 12.5

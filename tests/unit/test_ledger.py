@@ -444,3 +444,38 @@ def test_a_stale_snapshot_never_overwrites_a_newer_one(ledger, monkeypatch):
     finisher.join(10)
     assert ledger.flush()
     assert ledger.get("", "stale-race")["state"] == "cancelled"
+
+
+def test_ledgers_named_after_a_port_are_adopted(tmp_path):
+    """WO-LEDGER-5: one ledger per state dir. Files earlier versions named after host and
+    port are taken in at start (their unfinished rows then recovered like any), not lost."""
+    def legacy(name: str, *jobs: Job) -> None:
+        """A ledger file as an earlier version left it (written apart, then moved in)."""
+        apart = tmp_path / "apart" / name
+        old = Ledger(apart / name)
+        for job in jobs:
+            old.record(job)
+        old.close()
+        (apart / name).rename(tmp_path / name)
+
+    done, cut = new_job("done", tenant="acme"), new_job("cut")
+    for job in (done, cut):
+        job.start()
+    complete(done)  # `cut` is left running: the process died
+    legacy("jobs-worker-host-8080.sqlite3", done, cut)
+    legacy("jobs-worker-host-9090.sqlite3", new_job("done", tenant="acme"))  # the same id, queued
+    current = Ledger(tmp_path / "jobs.sqlite3")
+    try:
+        assert current.adopted == 2  # the second "done" is not taken over the first
+        assert current.recovered == 1
+        assert current.get("acme", "done")["state"] == "completed"
+        assert current.get("", "cut")["error"]["code"] == ErrorCode.WORKER_RESTARTED.value
+        assert sorted(p.name for p in tmp_path.glob("jobs-*")) == [
+            "jobs-worker-host-8080.sqlite3.adopted",
+            "jobs-worker-host-9090.sqlite3.adopted",
+        ]
+    finally:
+        current.close()
+    again = Ledger(tmp_path / "jobs.sqlite3")  # nothing left to adopt at the next start
+    assert again.adopted == 0 and again.get("acme", "done")["state"] == "completed"
+    again.close()

@@ -124,3 +124,27 @@ def test_listeners_see_every_change():
     m.submit(job)
     m.cancel("", "listened", CancelReason.CLIENT)
     assert seen[0] is JobState.QUEUED and seen[-1] is JobState.CANCELLED
+
+
+def test_tenant_limit_counts_queued_and_running():
+    """WO-LIMIT-2: at most max_jobs_per_tenant queued + running jobs per tenant."""
+    from worker_orcd.jobs.manager import TenantBusy
+
+    m = JobManager(JobQueue(8), JobRegistry(), max_jobs_per_tenant=2)
+    a1, a2 = make_job("a1", tenant="a")[0], make_job("a2", tenant="a")[0]
+    m.submit(a1)
+    m.submit(a2)
+    with pytest.raises(TenantBusy) as busy:
+        m.submit(make_job("a3", tenant="a")[0])
+    assert busy.value.limit == 2 and m.find("a", "a3") is None
+    m.submit(make_job("b1", tenant="b")[0])  # another tenant still gets in
+    assert m.open_jobs("a") == 2 and m.open_jobs("b") == 1
+    # Running still counts; ended frees the place.
+    assert m.queue.take() is a1 and a1.start()
+    with pytest.raises(TenantBusy):
+        m.submit(make_job("a3", tenant="a")[0])
+    a1.finish(completed())
+    m.cancel("a", "a2", CancelReason.CLIENT)
+    assert m.open_jobs("a") == 0
+    m.submit(make_job("a3", tenant="a")[0])
+    assert m.open_jobs("a") == 1

@@ -1,4 +1,5 @@
-"""JobQueue: the bounded FIFO in front of the inference thread (WO-JOB-4, WO-JOB-5)."""
+"""JobQueue: the bounded queue in front of the inference thread (WO-JOB-4, WO-JOB-5),
+which serves tenants in turn (WO-JOB-6)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from tests.support import wait_until
 from worker_orcd.jobs.queue import JobQueue, QueueClosed, QueueFull
 
 
-def _jobs(n: int, prefix: str = "q"):
-    return [make_job(f"{prefix}-{i}")[0] for i in range(n)]
+def _jobs(n: int, prefix: str = "q", tenant: str = ""):
+    return [make_job(f"{prefix}-{i}", tenant=tenant)[0] for i in range(n)]
 
 
 def test_fifo_order():
@@ -115,3 +116,96 @@ def test_close_wakes_a_blocked_taker():
     q.close()
     t.join(5)
     assert not t.is_alive() and got == [None]
+
+
+# -- tenants in turn (WO-JOB-6) ----------------------------------------------------------
+
+
+def _drain(q: JobQueue) -> list:
+    return [q.take() for _ in range(len(q))]
+
+
+def test_tenants_are_served_in_turn():
+    q = JobQueue(16)
+    a = _jobs(3, "a", tenant="alice")
+    b = _jobs(2, "b", tenant="bob")
+    c = _jobs(1, "c", tenant="carol")
+    for job in [*a, *b, *c]:  # alice queued everything first
+        q.put(job)
+    assert len(q) == 6
+    assert _drain(q) == [a[0], b[0], c[0], a[1], b[1], a[2]]
+    assert len(q) == 0
+
+
+def test_a_tenant_that_comes_back_joins_the_end_of_the_round():
+    q = JobQueue(16)
+    a = _jobs(3, "a", tenant="alice")
+    b = _jobs(2, "b", tenant="bob")
+    q.put(a[0])
+    q.put(a[1])
+    q.put(b[0])
+    assert q.take() is a[0]  # the round is now bob, alice
+    q.put(b[1])
+    q.put(a[2])
+    assert _drain(q) == [b[0], a[1], b[1], a[2]]
+    # Bob's line emptied and he left the round; coming back, he is last again.
+    c = _jobs(2, "c", tenant="carol")
+    q.put(c[0])
+    q.put(b[0])
+    q.put(c[1])
+    assert _drain(q) == [c[0], b[0], c[1]]
+
+
+def test_capacity_counts_every_tenant():
+    q = JobQueue(3)
+    q.put(_jobs(1, "a", tenant="alice")[0])
+    q.put(_jobs(1, "b", tenant="bob")[0])
+    q.put(_jobs(1, "c", tenant="carol")[0])
+    with pytest.raises(QueueFull):
+        q.put(_jobs(1, "d", tenant="dave")[0])
+    assert not q.has_room()
+    q.take()
+    assert q.has_room()
+
+
+def test_remove_keeps_the_turns():
+    q = JobQueue(16)
+    a = _jobs(2, "a", tenant="alice")
+    b = _jobs(2, "b", tenant="bob")
+    c = _jobs(1, "c", tenant="carol")
+    for job in [a[0], b[0], c[0], a[1], b[1]]:
+        q.put(job)
+    assert q.remove(b[0]) and q.remove(b[1])  # bob's line is gone, and his turn with it
+    assert not q.remove(b[0])
+    assert len(q) == 3
+    assert _drain(q) == [a[0], c[0], a[1]]
+
+
+def test_position_is_the_number_of_jobs_taken_first():
+    q = JobQueue(16)
+    a = _jobs(3, "a", tenant="alice")
+    b = _jobs(1, "b", tenant="bob")
+    c = _jobs(2, "c", tenant="carol")
+    for job in [*a, *b, *c]:
+        q.put(job)
+    order = [a[0], b[0], c[0], a[1], c[1], a[2]]
+    assert [q.position(job) for job in order] == list(range(6))
+    assert q.position(_jobs(1, "x", tenant="alice")[0]) is None  # not waiting
+    # Taking and removing keep the positions right; carol's next job keeps her turn.
+    assert q.take() is a[0]
+    assert q.remove(c[0])
+    rest = [b[0], c[1], a[1], a[2]]
+    assert [q.position(job) for job in rest] == list(range(4))
+    assert _drain(q) == rest
+    assert q.position(a[2]) is None
+
+
+def test_close_hands_back_waiting_jobs_in_turn_order():
+    q = JobQueue(8)
+    a = _jobs(2, "a", tenant="alice")
+    b = _jobs(1, "b", tenant="bob")
+    for job in [*a, *b]:
+        q.put(job)
+    assert q.close() == [a[0], b[0], a[1]]
+    assert len(q) == 0 and not q.has_room()
+    assert q.take() is None

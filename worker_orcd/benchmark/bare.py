@@ -12,14 +12,23 @@ from pathlib import Path
 
 import llama_cpp
 
+from worker_orcd.benchmark import extra_buffers as extra
 from worker_orcd.benchmark.runs import StreamRun
 
 
 class BareLoop:
-    def __init__(self, model: Path, *, n_ctx: int, n_batch: int, gpu_layers: int, gpu_device: int) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(
+    def __init__(
+        self,
+        model: Path,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        gpu_layers: int,
+        gpu_device: int,
+        extra_buffers: bool = True,  # the worker's setting (its /health), so both run the same kernels
+    ) -> None:
+        self.llm = extra.llama(
+            extra_buffers,
             model_path=str(model),
             n_ctx=n_ctx,
             n_batch=n_batch,

@@ -1,4 +1,5 @@
-"""What the numbers were measured on: CPU, cores, memory, GPU, load, versions."""
+"""What the numbers were measured on: CPU, cores, memory, GPU, load, versions, and
+whether the engine used its extra CPU buffer types (they change the kernels that run)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,14 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
+from worker_orcd.engine.cpu_features import cpu_flags, cpu_model
+
 
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_bytes() -> int | None:
@@ -41,10 +33,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def describe(gpu_name: str | None) -> dict[str, Any]:
+def describe(gpu_name: str | None, cpu_extra_buffers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`cpu_extra_buffers`: the worker's setting as its /health reports it; every side ran with it."""
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_flags": list(cpu_flags()),  # the AMX flags, when the CPU advertises them
+        "cpu_extra_buffers": cpu_extra_buffers,
         "cores": os.cpu_count(),
         "memory_bytes": _memory_bytes(),
         "gpu": gpu_name,

@@ -51,6 +51,7 @@ class OverheadSettings:
     gpu_device: int | None
     tokens: int
     rounds: int
+    extra_buffers: bool = True  # the worker's extra-CPU-buffers setting: the same kernels as it runs
 
 
 class OverheadBench:
@@ -58,7 +59,7 @@ class OverheadBench:
 
     def __init__(self, settings: OverheadSettings) -> None:
         self.settings = settings
-        self.model = Model(settings.model, gpu_device=settings.gpu_device)
+        self.model = Model(settings.model, gpu_device=settings.gpu_device, extra_buffers=settings.extra_buffers)
         self.loop = InferenceLoop(
             self.model, _NoSpares(), JobQueue(1), prefill_chunk=settings.prefill_chunk, timeout_sec=24 * 3600.0
         )

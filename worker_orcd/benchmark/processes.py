@@ -140,12 +140,16 @@ class PeerSettings:
     n_batch: int
     gpu_layers: int  # -1: all, as the worker does on a GPU
     gpu_device: int
+    extra_buffers: bool = True  # the worker's extra-CPU-buffers setting
 
 
 def peer_server(settings: PeerSettings, scratch: Path) -> ChildServer:
     port = free_port()
     s = settings
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", str(port)]
+    # Through a launcher: the server has no flag for the extra CPU buffer types.
+    cmd = [sys.executable, "-m", "worker_orcd.benchmark.peer_launch"]
+    cmd += ["--cpu-extra-buffers", "on" if s.extra_buffers else "off"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--model", str(s.model), "--n_ctx", str(s.n_ctx)]
     cmd += ["--n_threads", str(s.n_threads), "--n_threads_batch", str(s.n_threads)]
     cmd += ["--n_batch", str(s.n_batch), "--n_ubatch", str(s.n_batch)]

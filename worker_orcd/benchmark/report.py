@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from worker_orcd.benchmark.extra_buffers import describe as describe_extra_buffers
+
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,8 @@ def render(report: dict[str, Any]) -> str:
     mod = report["model"]
     parts = [
         f"worker-orcd bench — {m['date']} — {m['cpu']}, {m['cores']} cores"
+        + (f" ({', '.join(m['cpu_flags'])})" if m.get("cpu_flags") else "")
+        + f", extra CPU buffers {describe_extra_buffers(m.get('cpu_extra_buffers'))}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "")
         + f" — load {m.get('load_average_at_start')} → {m.get('load_average_at_end')}",
         f"model {mod['file']} ({mod['quant']}, {mod['backend']}, n_ctx {mod['n_ctx']})",

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
+from worker_orcd.benchmark import extra_buffers
 from worker_orcd.benchmark.bare import BareLoop
 from worker_orcd.benchmark.peer_client import PeerClient
 from worker_orcd.benchmark.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
@@ -58,6 +59,13 @@ class Rig:
         stack.callback(self.client.close)
         self.health: dict[str, Any] = self.client.health()
         self.gpu = self.health.get("backend") == "cuda"
+        # The baselines follow the worker's extra-CPU-buffers setting, whoever decided it.
+        self.cpu_extra_buffers = extra_buffers.of_worker(self.health)
+        if "cpu_extra_buffers" not in self.health:
+            self.notes.append(
+                "the worker does not report its extra CPU buffers: the baselines use the engine default (on)"
+            )
+        extra_on = bool(self.cpu_extra_buffers["enabled"])
         if self.health.get("model") != self.model.name:
             self.notes.append(f"the worker serves {self.health.get('model')!r}; the baselines load {self.model.name!r}")
         self.client.warm_up()
@@ -67,7 +75,12 @@ class Rig:
         if needs & NEEDS_BARE:
             progress("loading the bare loop")
             self.bare = BareLoop(
-                self.model, n_ctx=w.n_ctx, n_batch=w.prefill_chunk, gpu_layers=self.gpu_layers, gpu_device=w.gpu_device
+                self.model,
+                n_ctx=w.n_ctx,
+                n_batch=w.prefill_chunk,
+                gpu_layers=self.gpu_layers,
+                gpu_device=w.gpu_device,
+                extra_buffers=extra_on,
             )
             stack.callback(self.bare.close)
             self.bare.warm_up(self.bare_threads)
@@ -75,7 +88,9 @@ class Rig:
             if peer_available():
                 progress("starting llama-cpp-python's server")
                 peer = peer_server(
-                    PeerSettings(self.model, w.n_ctx, w.threads, w.prefill_chunk, self.gpu_layers, w.gpu_device),
+                    PeerSettings(
+                        self.model, w.n_ctx, w.threads, w.prefill_chunk, self.gpu_layers, w.gpu_device, extra_on
+                    ),
                     scratch,
                 ).start()
                 stack.callback(peer.stop)

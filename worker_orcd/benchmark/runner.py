@@ -46,7 +46,7 @@ def _header(rig: Rig) -> dict[str, Any]:
     gpu_name = NvmlProbe(rig.worker.gpu_device).name if rig.gpu else None
     return {
         "schema": SCHEMA,
-        "machine": machine.describe(gpu_name),
+        "machine": machine.describe(gpu_name, cpu_extra_buffers=rig.cpu_extra_buffers),
         "model": {
             "file": rig.model.name,
             "size_bytes": rig.model.stat().st_size if rig.model.is_file() else None,

@@ -114,6 +114,7 @@ def check_overhead(rig: Rig, guard: QuietGuard | None, progress: Progress) -> di
             gpu_device=w.gpu_device if rig.gpu else None,
             tokens=s.overhead_tokens,
             rounds=s.overhead_rounds,
+            extra_buffers=bool(rig.cpu_extra_buffers["enabled"]),
         ),
         guard,
     )

@@ -33,7 +33,7 @@ from worker_orcd.engine.text import StopMatcher, Utf8Assembler
 from worker_orcd.engine.watchdog import Watchdog
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs import events
-from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
 from worker_orcd.jobs.events import Event
 from worker_orcd.jobs.job import Job, JobState, Outcome, Phase, cancel_error, elapsed_ms
 from worker_orcd.jobs.queue import JobQueue
@@ -192,7 +192,7 @@ class InferenceLoop:
             n = min(self.prefill_chunk, n_prompt - start)
             rc = decode(ctx, batch_get_one(ctypes.cast(base + start * _TOKEN_SIZE, _TOKEN_P), n))
             if rc != 0:
-                return self._decode_failed(rc, flag.raised)
+                return self._decode_failed(rc, flag)
         t1 = time.perf_counter()
         job.phase = Phase.DECODE
 
@@ -235,7 +235,7 @@ class InferenceLoop:
             current[0] = token
             rc = decode(ctx, next_batch)
             if rc != 0:
-                failed = self._decode_failed(rc, flag.raised)
+                failed = self._decode_failed(rc, flag)
                 failed.prompt_ms = _ms(t0, t1)
                 return failed
         if stops is not None and reason != "stop":
@@ -245,8 +245,11 @@ class InferenceLoop:
                 keep(tail)
         return _Result(stop_reason=reason, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, time.perf_counter()))
 
-    def _decode_failed(self, rc: int, cancelled: bool) -> _Result:
-        if rc == DECODE_ABORTED and cancelled:
+    def _decode_failed(self, rc: int, flag: CancelFlag) -> _Result:
+        # Only the job's own abort callback makes llama_decode return "aborted", so
+        # an abort is always the outcome of whoever raised the flag (client,
+        # disconnect, timeout, shutdown), never an engine failure.
+        if rc == DECODE_ABORTED and (flag.raised or flag.native_is_raised()):
             return _Result(stopped_at=time.perf_counter())
         code = ErrorCode.CUDA_ERROR if self.model.info.backend == "cuda" and rc < 0 else ErrorCode.INTERNAL
         return _Result(error_code=code, error_message=f"llama_decode failed with status {rc}")

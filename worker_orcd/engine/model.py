@@ -62,11 +62,15 @@ def check_model_file(path: Path) -> None:
 
 
 class Model:
-    def __init__(self, path: Path, *, gpu_device: int | None = 0) -> None:
+    def __init__(self, path: Path, *, gpu_device: int | None = 0, extra_buffers: bool = True) -> None:
+        """`extra_buffers`: whether the CPU backend may repack weights into its extra
+        buffer types (AMX, CPU_REPACK); engine.cpu_features decides it for the worker."""
         path = Path(path)
         check_model_file(path)
         init_backend()
         params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = extra_buffers
+        self.extra_buffers = extra_buffers
         offload = gpu_device is not None and bool(llama_cpp.llama_supports_gpu_offload())
         if offload:
             params.n_gpu_layers = -1  # every layer in VRAM

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
+from worker_orcd.http.health import health_for
 from worker_orcd.http.sse import EventChannel, encode_event
 from worker_orcd.http.validation import (
     check_token_limits,
@@ -24,6 +25,7 @@ from worker_orcd.http.validation import (
 )
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import Job, Sampling
+from worker_orcd.jobs.manager import TenantBusy
 from worker_orcd.jobs.queue import QueueClosed, QueueFull
 from worker_orcd.jobs.registry import JobExists
 from worker_orcd.log import log_event
@@ -42,6 +44,11 @@ def _worker(request: Request) -> Worker:
 def tenant_of(request: Request) -> str:
     """The caller's tenant, set by the auth middleware; "" when the worker has no keys."""
     return request.scope.get("state", {}).get("tenant", "")
+
+
+def is_operator(request: Request) -> bool:
+    """Set by the auth middleware: an operator key, or a loopback caller of a worker without keys."""
+    return bool(request.scope.get("state", {}).get("operator", False))
 
 
 async def _json_body(request: Request) -> dict:
@@ -115,6 +122,13 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
         worker.manager.submit(job)
     except JobExists:
         raise _job_exists(req.job_id) from None
+    except TenantBusy as exc:
+        raise RequestError(
+            ErrorCode.TENANT_BUSY,
+            f"this tenant already has {exc.limit} jobs queued or running, the most one tenant "
+            "may have; retry when one has ended",
+            headers={"Retry-After": RETRY_AFTER_SEC},
+        ) from None
     except QueueFull:
         raise RequestError(
             ErrorCode.WORKER_BUSY,
@@ -123,6 +137,17 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
         ) from None
     except QueueClosed:
         raise _shutting_down() from None
+    if job.state.terminal:  # its cancel came first: ended without touching the engine
+        log_event(
+            "cancelled",
+            job_id=job.job_id,
+            correlation_id=job.correlation_id,
+            reason=job.cancel_flag.reason.value if job.cancel_flag.reason else None,
+            phase="before_execute",
+            tokens_out=0,
+            cancel_requested_at=job.cancel_requested_at,
+        )
+        return job, channel
     log_event(
         "job_queued",
         job_id=job.job_id,
@@ -169,8 +194,9 @@ async def cancel(request: Request) -> JSONResponse:
     job_id = parse_cancel(await _json_body(request))
     worker = _worker(request)
     tenant = tenant_of(request)
+    # An unknown id's cancel is kept for an execute still on its way (WO-CANCEL-12).
+    phase = worker.manager.cancel(tenant, job_id, CancelReason.CLIENT)
     job = worker.manager.find(tenant, job_id)
-    phase = worker.manager.cancel_job(job, CancelReason.CLIENT) if job is not None else None
     worker.metrics.cancel_requested(phase)
     fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
     if job is not None:  # the cancel request has its own id; the job's links the two
@@ -211,7 +237,9 @@ async def list_jobs(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse(_worker(request).health())
+    # The tenant is None for a caller without a valid token on a worker with keys.
+    tenant = request.scope.get("state", {}).get("tenant", "")
+    return JSONResponse(health_for(_worker(request), tenant, is_operator(request)))
 
 
 async def metrics(request: Request) -> Response:
@@ -220,6 +248,14 @@ async def metrics(request: Request) -> Response:
 
 async def shutdown(request: Request) -> JSONResponse:
     worker = _worker(request)
+    if not is_operator(request):
+        log_event("shutdown_denied", correlation_id=correlation_id_of(request), tenant=tenant_of(request))
+        raise RequestError(
+            ErrorCode.FORBIDDEN,
+            "stopping the worker needs an operator key"
+            if worker.config.keyed
+            else "a worker without keys is stopped only from its own machine (a loopback address)",
+        )
     log_event("shutdown_requested", correlation_id=correlation_id_of(request), via="http")
     if worker.request_shutdown is not None:
         worker.request_shutdown()

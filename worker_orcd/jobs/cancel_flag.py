@@ -41,15 +41,22 @@ class CancelFlag:
         # raise it after the job's context (the callback's only user) is gone.
         weakref.finalize(self, lib.orcd_cancel_flag_free, self.address)
 
-    def raise_(self, reason: CancelReason) -> bool:
-        """Raise the flag; True only for the call that raised it."""
+    def raise_(self, reason: CancelReason, *, at: float | None = None) -> bool:
+        """Raise the flag; True only for the call that raised it.
+
+        `at` is when the cancel was asked for (a perf_counter() reading), if
+        earlier than now. The Python side is complete before the native store:
+        the ctypes call lets go of the GIL, and llama.cpp may return "aborted"
+        the moment the native flag is up; whoever then looks must already find
+        the flag raised, with its reason, or an abort would read as a failure.
+        """
         with self._lock:
             if self.raised:
                 return False
             self.reason = reason
-            self.raised_at = time.perf_counter()
-            native.library().orcd_cancel_flag_raise(self.address)
+            self.raised_at = time.perf_counter() if at is None else at
             self.raised = True
+            native.library().orcd_cancel_flag_raise(self.address)
             return True
 
     def native_is_raised(self) -> bool:

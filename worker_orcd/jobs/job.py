@@ -124,18 +124,21 @@ class Job:
 
     # -- what anyone calls --------------------------------------------------------------
 
-    def request_cancel(self, reason: CancelReason) -> Phase:
+    def request_cancel(
+        self, reason: CancelReason, *, requested_at: str | None = None, raised_at: float | None = None
+    ) -> Phase:
         """Raise the cancel flag unless the job has ended; returns the phase it hit.
 
         A finished job stays as it finished: a late cancel changes nothing.
+        `requested_at`/`raised_at` date a cancel that came before the job did.
         """
         with self._lock:
             phase = self.phase
             if self.state.terminal:
                 return Phase.FINISHED
-            raised = self.cancel_flag.raise_(reason)
+            raised = self.cancel_flag.raise_(reason, at=raised_at)
             if raised:
-                self.cancel_requested_at = now_iso()
+                self.cancel_requested_at = requested_at or now_iso()
         if raised:
             self._changed()
         return phase

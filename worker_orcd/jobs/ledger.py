@@ -86,6 +86,14 @@ _UPSERT = (
 )
 
 
+# A job id already in this ledger keeps the row it has.
+_INSERT_NEW = (
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (tenant, job_id) DO NOTHING"
+)
+LEGACY_PATTERN = "jobs-*.sqlite3"
+
+
 def cap_text(text: str, cap: int = TEXT_CAP_BYTES) -> tuple[str, bool]:
     """At most `cap` bytes of UTF-8, cut on a character boundary."""
     data = text.encode("utf-8")
@@ -164,6 +172,7 @@ class Ledger:
         self._reader_lock = threading.Lock()
         with self._reader_lock:
             self._reader.executescript(_SCHEMA)
+        self.adopted = self._adopt_port_named_files()
         self.recovered = self._recover_crashed()
         self._prune(self._reader)
         self._writes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -237,6 +246,32 @@ class Ledger:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
+
+    def _adopt_port_named_files(self) -> int:
+        """Take in the rows of ledgers that earlier versions named after host and port
+        (`jobs-<worker_id>.sqlite3` in the same dir), so no history is lost by the
+        move to one ledger per state dir; each adopted file is renamed `*.adopted`."""
+        adopted = 0
+        for old in sorted(self.path.parent.glob(LEGACY_PATTERN), key=lambda p: (p.stat().st_mtime, p.name)):
+            if old == self.path:
+                continue
+            source = sqlite3.connect(old, isolation_level=None)
+            try:
+                rows = source.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY seq").fetchall()
+            except sqlite3.Error as exc:
+                log_event("ledger_adopt_failed", logging.WARNING, file=old.name, error=str(exc))
+                continue
+            finally:
+                source.close()  # the last connection: its WAL is folded in and removed
+            with self._reader_lock:
+                self._reader.execute("BEGIN")
+                before = self._reader.total_changes
+                self._reader.executemany(_INSERT_NEW, rows)
+                adopted += self._reader.total_changes - before
+                self._reader.execute("COMMIT")
+            old.rename(old.with_name(old.name + ".adopted"))
+            log_event("ledger_adopted", file=old.name, jobs=len(rows))
+        return adopted
 
     def _recover_crashed(self) -> int:
         with self._reader_lock:

@@ -1,0 +1,52 @@
+"""What GET /health tells each caller (WO-AUTH-6): nobody sees another tenant's job id."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tests.unit.helpers import make_job
+from worker_orcd.http.health import health_for
+from worker_orcd.jobs.queue import JobQueue
+
+
+def fake_worker(active=None, capacity: int = 2, status: str = "healthy"):
+    queue = JobQueue(capacity)
+
+    def health():
+        return {"status": status, "model": "m.gguf", "active_job": active.job_id if active else None, "queue_depth": len(queue)}
+
+    return SimpleNamespace(health=health, loop=SimpleNamespace(active=active), manager=SimpleNamespace(queue=queue))
+
+
+def test_without_a_token_only_liveness_and_readiness():
+    worker = fake_worker(make_job("alice-1", tenant="alice")[0])
+    assert health_for(worker, None, False) == {"status": "healthy", "ready": True}
+    assert health_for(fake_worker(status="unhealthy"), None, False) == {"status": "unhealthy", "ready": False}
+
+
+def test_ready_says_whether_a_job_would_be_taken():
+    worker = fake_worker(make_job("a")[0], capacity=1)
+    assert health_for(worker, None, False)["ready"] is True
+    worker.manager.queue.put(make_job("b")[0])
+    assert health_for(worker, None, False)["ready"] is False  # the queue is full
+
+
+def test_a_tenant_sees_only_its_own_running_job():
+    worker = fake_worker(make_job("alice-1", tenant="alice")[0])
+    alice = health_for(worker, "alice", False)
+    assert alice["active_job"] == "alice-1" and alice["busy"] is True
+    assert alice["model"] == "m.gguf" and alice["queue_depth"] == 0 and alice["ready"] is True
+    bob = health_for(worker, "bob", False)
+    assert bob["active_job"] is None and bob["busy"] is True
+    assert "alice-1" not in repr(bob)
+
+
+def test_operators_and_keyless_callers_see_everything():
+    worker = fake_worker(make_job("alice-1", tenant="alice")[0])
+    assert health_for(worker, "ops", True)["active_job"] == "alice-1"
+    keyless = fake_worker(make_job("job-1")[0])
+    for operator in (True, False):  # one tenant, "": every job is the caller's
+        h = health_for(keyless, "", operator)
+        assert h["active_job"] == "job-1" and h["busy"] is True
+    idle = health_for(fake_worker(), "", False)
+    assert idle["active_job"] is None and idle["busy"] is False
