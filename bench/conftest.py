@@ -1,4 +1,4 @@
-"""Fixtures for the pytest-benchmark suite: the same servers and pieces `worker-orcd bench` uses.
+"""Fixtures for the pytest-benchmark suite: the same servers and pieces `python -m bench` uses.
 
     pytest bench/ --benchmark-only
 
@@ -19,17 +19,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker_orcd.benchmark import extra_buffers, processes
-from worker_orcd.benchmark.bare import BareLoop
-from worker_orcd.benchmark.cli import CLIENT_GIL_SWITCH_SEC
-from worker_orcd.benchmark.peer_client import PeerClient
-from worker_orcd.benchmark.settings import BenchSettings, worker_settings
-from worker_orcd.benchmark.sides import bare_side, client_side
-from worker_orcd.benchmark.worker_client import WorkerClient
+from bench.harness import extra_buffers, processes
+from bench.harness.bare import BareLoop
+from bench.harness.cli import CLIENT_GIL_SWITCH_SEC
+from bench.harness.peer_client import PeerClient
+from bench.harness.settings import BenchSettings, worker_settings
+from bench.harness.sides import bare_side, client_side
+from bench.harness.worker_client import WorkerClient
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.cpu_features import cpu_model
 
-# Stream readers stamp events after taking the GIL (see worker_orcd.benchmark.cli).
+# Stream readers stamp events after taking the GIL (see bench.harness.cli).
 sys.setswitchinterval(CLIENT_GIL_SWITCH_SEC)
 
 DEFAULTS = BenchSettings()

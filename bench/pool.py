@@ -1,4 +1,4 @@
-"""Pool the paired samples of several committed `worker-orcd bench` reports.
+"""Pool the paired samples of several committed benchmark reports (`python -m bench`).
 
     python -m bench.pool bench/results/2026-11-25-run1.json bench/results/2026-11-25-run2.json ...
 

@@ -16,8 +16,8 @@ latencies); a job whose client hung up is polled until it has ended, and must
 end cancelled (reason `disconnect`) or, if it won the race, completed. At the
 end every job is compared again, most of them now read back from the ledger, the
 worker must be idle with no job left queued or running, its request counters
-must match the outcomes, and its resident memory when idle must not have grown
-since the first 50 jobs.
+must match the outcomes, and its resident memory when idle (its child processes
+included) must not have grown since the first 50 jobs.
 
 Prints a summary (and writes it as JSON with --json); exits 1 on any violation.
 """
@@ -40,7 +40,9 @@ from typing import Any, Callable
 
 import httpx
 
-from worker_orcd.benchmark.processes import rss_bytes, scratch_dir, worker_server
+from bench.harness.background import events_of
+from bench.harness.processes import scratch_dir, worker_server
+from bench.harness.rss import rss_bytes
 
 SCENARIOS = (
     "complete",  # read to the end
@@ -80,7 +82,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class RssSampler:
-    """Peak resident memory, sampled on a thread."""
+    """Peak resident memory of the worker and its child processes, sampled on a thread."""
 
     def __init__(self, pid: int | None, every: float = 0.25) -> None:
         self.pid = pid
@@ -329,21 +331,18 @@ class Client:
                 if scenario == "disconnect" and k == 0:
                     run.disconnected = True
                     return run  # leaving the block closes the connection
-                name = None
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        name = line[len("event: ") :]
-                    elif line.startswith("data: "):
-                        run.events.append((name or "message", json.loads(line[len("data: ") :])))
-                        if name == "started" and scenario == "cancel_delay":
-                            # Timed from the start of the run, so most of these hit it running.
-                            timers.append(self.cancel_later(run, rng.uniform(0.0, 0.3)))
-                        if name == "token" and run.tokens_seen == k:
-                            if scenario == "cancel_after_tokens":
-                                self.cancel(run)
-                            elif scenario == "disconnect":
-                                run.disconnected = True
-                                return run
+                for event in events_of(response):
+                    name = event.name
+                    run.events.append((name, event.data))
+                    if name == "started" and scenario == "cancel_delay":
+                        # Timed from the start of the run, so most of these hit it running.
+                        timers.append(self.cancel_later(run, rng.uniform(0.0, 0.3)))
+                    if name == "token" and run.tokens_seen == k:
+                        if scenario == "cancel_after_tokens":
+                            self.cancel(run)
+                        elif scenario == "disconnect":
+                            run.disconnected = True
+                            return run
         except httpx.HTTPError as exc:
             run.problem("http", f"HTTP error: {exc!r}")
             return run

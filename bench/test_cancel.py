@@ -14,8 +14,8 @@ from __future__ import annotations
 import itertools
 
 from bench.conftest import DEFAULTS, settle
-from worker_orcd.benchmark import prompts
-from worker_orcd.benchmark.stats import summary
+from bench.harness import prompts
+from bench.harness.stats import summary
 
 CANCELS = DEFAULTS.cancels
 AFTER = DEFAULTS.cancel_after

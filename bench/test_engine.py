@@ -7,10 +7,10 @@ import itertools
 import pytest
 
 from bench.conftest import DEFAULTS, SETTINGS, settle
-from worker_orcd.benchmark import prompts
-from worker_orcd.benchmark.memory import MemoryProbe
-from worker_orcd.benchmark.overhead import OverheadBench, OverheadSettings
-from worker_orcd.benchmark.stats import summary
+from bench.harness import prompts
+from bench.harness.memory import MemoryProbe
+from bench.harness.overhead import OverheadBench, OverheadSettings
+from bench.harness.stats import summary
 
 
 @pytest.fixture(scope="module")

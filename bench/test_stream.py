@@ -9,8 +9,8 @@ from __future__ import annotations
 import itertools
 
 from bench.conftest import DEFAULTS, idle_setup
-from worker_orcd.benchmark import prompts
-from worker_orcd.benchmark.stats import summary
+from bench.harness import prompts
+from bench.harness.stats import summary
 
 STREAM_ROUNDS = DEFAULTS.rounds
 MAX_TOKENS = DEFAULTS.max_tokens

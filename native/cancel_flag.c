@@ -1,6 +1,10 @@
 /*
  * The job's cancel flag, readable by llama.cpp without the GIL.
  *
+ * The flag is one atomic int. The worker's front process keeps it in shared
+ * memory and raises it with a plain store; the engine process passes the same
+ * word's address (in its own mapping) to llama.cpp as the callback's data.
+ *
  * llama.cpp's CPU backend calls the abort callback after every graph node
  * (hundreds of times per token). A Python callback would take the GIL on each
  * call and stall the event loop; this one is a single relaxed atomic load.
@@ -11,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 typedef struct {
     atomic_int raised;
@@ -30,6 +35,10 @@ void orcd_cancel_flag_raise(orcd_cancel_flag *flag) {
     atomic_store_explicit(&flag->raised, 1, memory_order_release);
 }
 
+void orcd_cancel_flag_clear(orcd_cancel_flag *flag) {
+    atomic_store_explicit(&flag->raised, 0, memory_order_release);
+}
+
 int orcd_cancel_flag_is_raised(orcd_cancel_flag *flag) {
     return atomic_load_explicit(&flag->raised, memory_order_acquire);
 }
@@ -38,6 +47,14 @@ int orcd_cancel_flag_is_raised(orcd_cancel_flag *flag) {
 bool orcd_abort_callback(void *data) {
     orcd_cancel_flag *flag = (orcd_cancel_flag *)data;
     return flag != NULL && atomic_load_explicit(&flag->raised, memory_order_relaxed) != 0;
+}
+
+/* Tests only (fault `hang=`): an engine stuck in C that never reads its flag,
+ * as a wedged kernel or driver call would be. Only killing the process ends it. */
+void orcd_hang_in_c(void) {
+    for (;;) {
+        pause();
+    }
 }
 
 /* llama_log_callback: the worker writes JSON log lines only, so llama.cpp's

@@ -19,7 +19,10 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from worker_orcd.benchmark.processes import free_port
+from bench.harness.processes import free_port
+from bench.harness.rss import rss_bytes
+from worker_orcd.client import sse
+from worker_orcd.client.sse import SseEvent
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 LONG_ANSWER_PROMPT = CHAT.format("Write a long, detailed story about a dragon who learns to bake bread.")
@@ -156,30 +159,28 @@ class WorkerProcess:
             self.proc.wait()
 
     def rss_bytes(self) -> int:
+        """Resident memory of the worker and its child processes."""
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return rss_bytes(self.proc.pid)
 
+    def settled_rss(self) -> int:
+        """Resident memory once it stops moving (the engine makes its spare context on a
+        helper thread, after the job that used the last one may already have ended)."""
+        readings: list[int] = []
 
-@dataclass
-class SseEvent:
-    name: str
-    data: dict[str, Any]
-    at: float  # time.perf_counter() when it was read
+        def steady() -> int | None:
+            readings.append(self.rss_bytes())
+            recent = readings[-20:]
+            if len(recent) == 20 and max(recent) - min(recent) < (1 << 20):
+                return recent[-1]
+            return None
+
+        return wait_until(steady, timeout=30, interval=0.025)
 
 
 def iter_events(response: httpx.Response) -> Iterator[SseEvent]:
-    """Parse an SSE response into events (comments and pings skipped)."""
-    name = None
-    for line in response.iter_lines():
-        if line.startswith(":"):
-            continue
-        if line.startswith("event: "):
-            name = line[len("event: ") :]
-        elif line.startswith("data: "):
-            yield SseEvent(name or "message", json.loads(line[len("data: ") :]), time.perf_counter())
-        elif line == "":
-            name = None
+    """The events of a streamed response (name, JSON data, read time); pings skipped."""
+    return sse.iter_events(response.iter_bytes())
 
 
 def execute(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> list[SseEvent]:

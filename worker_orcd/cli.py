@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--n-ctx", type=_positive, default=4096, help="context tokens per job")
     serve.add_argument("--max-queue", type=_non_negative, default=16, help="jobs that may wait")
     serve.add_argument("--inference-timeout-sec", type=_positive_float, default=300.0)
+    serve.add_argument(
+        "--cancel-deadline-ms",
+        type=_positive,
+        default=4000,
+        help="a cancel the engine has not confirmed by then kills and restarts the engine process",
+    )
     serve.add_argument("--threads", type=_non_negative, default=0, help="CPU threads (0: all cores)")
     serve.add_argument(
         "--prefill-chunk", type=_positive, default=256, help="prompt tokens per decode call"
@@ -99,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from worker_orcd.benchmark.cli import main as bench
-
         return bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -108,10 +112,41 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def serve(args: argparse.Namespace) -> int:
-    from worker_orcd import allocator, log
+BENCH_HOW = 'from a source checkout\'s root: pip install -e ".[bench,peer]", then python -m bench'
 
-    allocator.reexec_with_tunables()
+
+def bench(argv: list[str]) -> int:
+    """`worker-orcd bench`: `python -m bench` of the source checkout this package runs from.
+
+    The benchmark (bench/) is not part of the wheel, and the package never imports it
+    on its own: only here, on demand, from an editable install or the current directory.
+    """
+    checkout = bench_checkout()
+    if checkout is None:
+        return _fail(f"bench is not installed with the package; {BENCH_HOW}", status=2)
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from bench.harness.cli import main as run_bench
+
+        return run_bench(argv, prog="worker-orcd bench")
+    except ModuleNotFoundError as exc:  # the bench extra is not installed
+        if (exc.name or "").split(".")[0] in ("bench", "worker_orcd"):
+            raise
+        return _fail(f"bench needs {exc.name}, which is not installed; {BENCH_HOW}", status=2)
+
+
+def bench_checkout() -> Path | None:
+    """The source checkout holding bench/: this package's own (an editable install), or the
+    current directory's."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "bench" / "harness" / "cli.py").is_file() and (root / "worker_orcd").is_dir():
+            return root
+    return None
+
+
+def serve(args: argparse.Namespace) -> int:
+    from worker_orcd import log
 
     model_path = args.model or default_model_path()
     if model_path is None:
@@ -133,6 +168,7 @@ def serve(args: argparse.Namespace) -> int:
         n_ctx=args.n_ctx,
         max_queue=args.max_queue,
         inference_timeout_sec=args.inference_timeout_sec,
+        cancel_deadline_ms=args.cancel_deadline_ms,
         n_threads=args.threads,
         prefill_chunk=args.prefill_chunk,
         log_level=args.log_level,
@@ -165,7 +201,7 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot use state dir {config.state_path}: {exc.strerror or exc}")
     log.configure(config.worker_id, config.log_level)
 
-    from worker_orcd.engine.model import ModelLoadError
+    from worker_orcd.engine.gguf import ModelLoadError
     from worker_orcd.server import run
 
     try:
@@ -236,9 +272,9 @@ def parse_api_keys(
     return ApiKeys(tuple(tenants), tuple(operators))
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"worker-orcd: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _positive(text: str) -> int:

@@ -23,6 +23,7 @@ class WorkerConfig:
     n_ctx: int = 4096
     max_queue: int = 16
     inference_timeout_sec: float = 300.0
+    cancel_deadline_ms: int = 4000  # a stop the engine has not confirmed by then is forced
     n_threads: int = 0  # 0: every core
     prefill_chunk: int = 256
     log_level: str = "info"

@@ -26,6 +26,10 @@ def library() -> ctypes.CDLL:
     lib.orcd_cancel_flag_free.restype = None
     lib.orcd_cancel_flag_raise.argtypes = [ctypes.c_void_p]
     lib.orcd_cancel_flag_raise.restype = None
+    lib.orcd_cancel_flag_clear.argtypes = [ctypes.c_void_p]
+    lib.orcd_cancel_flag_clear.restype = None
+    lib.orcd_hang_in_c.argtypes = []
+    lib.orcd_hang_in_c.restype = None
     lib.orcd_cancel_flag_is_raised.argtypes = [ctypes.c_void_p]
     lib.orcd_cancel_flag_is_raised.restype = ctypes.c_int
     lib.orcd_abort_callback.argtypes = [ctypes.c_void_p]

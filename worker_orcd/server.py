@@ -8,15 +8,20 @@ terminal event is uvicorn told to exit; a second signal exits at once.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import uvicorn
 from sse_starlette.sse import AppStatus
 
 from worker_orcd.app import create_app
 from worker_orcd.config import WorkerConfig
-from worker_orcd.engine.faults import FaultPlan
+from worker_orcd.engine.gguf import ModelLoadError
+from worker_orcd.supervisor.supervisor import EngineStartFailed
 from worker_orcd.log import log_event
 from worker_orcd.worker import ShutdownOnce, Worker
 
@@ -44,13 +49,21 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
     # Streams end on their own after their terminal event; sse-starlette must not
     # cut them when uvicorn starts to exit.
     AppStatus.disable_automatic_graceful_drain()
-    # A thread back from llama.cpp waits for the GIL until the holder lets go; the
-    # default 5 ms would show in stop_ms whenever a cancel request holds it.
+    # The channel's reader thread hands each token to the event loop; it should not
+    # wait long for the GIL while a request holds it.
     sys.setswitchinterval(GIL_SWITCH_SEC)
-    worker = Worker(config, faults=FaultPlan.from_env())
+    worker = Worker(config)
     if worker.ledger.recovered:
         log_event("ledger_recovered", jobs_marked_restarted=worker.ledger.recovered)
-    worker.start()
+    try:
+        with signals_noted() as stop_requested:  # a SIGTERM during a long model load
+            worker.start(stop_requested)
+    except EngineStartFailed as exc:
+        worker.close()
+        if stop_requested():
+            log_event("worker_stopped", during="start")
+            return 0
+        raise ModelLoadError(str(exc)) from None
     server = WorkerServer(
         uvicorn.Config(
             create_app(worker),
@@ -61,24 +74,26 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
         worker,
     )
     worker.request_shutdown = server.drain
-    info = worker.model.info
+    info = worker.model
     if not config.keyed:
         log_event(
             "auth_disabled",
             host=config.host,
             message="no API keys: every client that can reach this address may submit and cancel jobs",
         )
+    ready = worker.engine.info or {}
     log_event(
         "worker_ready",
         host=config.host,
         port=config.port,
-        model=info.name,
-        backend=info.backend,
+        model=info["name"],
+        backend=info["backend"],
         n_ctx=config.n_ctx,
         threads=config.threads,
-        context_make_ms=worker.pool.last_make_ms,
+        context_make_ms=ready.get("context_make_ms"),
         ledger=str(config.ledger_path),
-        cpu_extra_buffers=worker.cpu_extra_buffers.health(),
+        cpu_extra_buffers=ready.get("cpu_extra_buffers"),
+        engine_pid=worker.engine.engine_pid,
     )
     try:
         server.run(sockets=[sock])
@@ -87,7 +102,20 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
             # A second signal, or uvicorn stopped on its own: end every job now.
             worker.drain(0.0)
         else:
-            worker.loop.join(timeout=30)
+            worker.engine.join(timeout=config.cancel_deadline_ms / 1000.0 + 30)
         worker.close()
         log_event("worker_stopped")
     return 0
+
+
+@contextmanager
+def signals_noted() -> Iterator[Callable[[], bool]]:
+    """While the engine starts (uvicorn's handlers are not installed yet), SIGTERM and
+    SIGINT are noted rather than fatal; the start gives up and the worker exits 0."""
+    noted = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: noted.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield noted.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

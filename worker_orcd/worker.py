@@ -1,8 +1,9 @@
-"""The worker, assembled: model, context pool, queue, registry, ledger, metrics,
-inference thread and VRAM monitor.
+"""The worker's front, assembled: ledger, jobs, the engine's supervisor, metrics, VRAM.
 
-This is the one place the rooms meet; the HTTP app gets a Worker and asks it
-for what it needs.
+This is the one place the rooms meet. The HTTP app gets a Worker and asks it
+for what it needs through a small facade (`submit`, `cancel`, `find`,
+`tokenize`, `health`, `drain`). The front never loads the model: the engine
+process does (`worker_orcd.supervisor`).
 """
 
 from __future__ import annotations
@@ -12,94 +13,98 @@ import time
 from typing import Any, Callable
 
 from worker_orcd.config import WorkerConfig
-from worker_orcd.engine import cpu_features
-from worker_orcd.engine.contexts import ContextPool, ContextSettings
-from worker_orcd.engine.faults import FaultPlan
-from worker_orcd.engine.loop import InferenceLoop
-from worker_orcd.engine.model import Model, check_model_file
+from worker_orcd.engine.gguf import check_model_file
 from worker_orcd.gpu.nvml import NvmlProbe, VramMonitor
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.early_cancels import EarlyCancels
+from worker_orcd.jobs.job import Job, Phase
 from worker_orcd.jobs.ledger import Ledger
 from worker_orcd.jobs.manager import JobManager
 from worker_orcd.jobs.queue import JobQueue
 from worker_orcd.jobs.registry import JobRegistry
 from worker_orcd.log import log_event
 from worker_orcd.metrics import WorkerMetrics
+from worker_orcd.supervisor.supervisor import EngineSupervisor
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, *, faults: FaultPlan | None = None) -> None:
+    def __init__(self, config: WorkerConfig) -> None:
         self.config = config
+        check_model_file(config.model_path)  # a bad path fails fast, before the engine starts
         self.ledger = Ledger(config.ledger_path, max_jobs=config.ledger_max_jobs)
-        check_model_file(config.model_path)  # a bad path fails fast, before any probe
-        self.cpu_extra_buffers = cpu_features.decide(
-            config.cpu_extra_buffers,
-            model_path=config.model_path,
-            state_dir=config.state_path,
-            threads=config.threads,
-            gpu_device=config.gpu_device,
-        )
-        self.model = Model(
-            config.model_path,
-            gpu_device=config.gpu_device,
-            extra_buffers=self.cpu_extra_buffers.enabled,
-        )
-        # Logged once the model loaded: a model that cannot load reports only its own error.
-        self.cpu_extra_buffers.log()
-        self.pool = ContextPool(
-            self.model,
-            ContextSettings(
-                n_ctx=config.n_ctx, n_batch=config.prefill_chunk, n_threads=config.threads
-            ),
-        )
         self.manager = JobManager(
             JobQueue(config.max_queue),
             JobRegistry(),
             early_cancels=EarlyCancels(config.early_cancel_sec),
             max_jobs_per_tenant=config.tenant_job_limit,
         )
-        self.loop = InferenceLoop(
-            self.model,
-            self.pool,
-            self.manager.queue,
-            prefill_chunk=config.prefill_chunk,
-            timeout_sec=config.inference_timeout_sec,
-            faults=faults,
-        )
-        probe = NvmlProbe(config.gpu_device if self.model.info.backend == "cuda" else None)
-        self.vram = VramMonitor(probe)
-        self.metrics = WorkerMetrics(self._gauges)
+        self.engine = EngineSupervisor(config, self.manager.queue)
         self.manager.add_listener(self.ledger.record)
+        self.manager.add_listener(self.engine.notify)  # a cancel starts the engine's hard deadline
+        self.vram = VramMonitor(NvmlProbe(None))
+        self.metrics = WorkerMetrics(self._gauges)
         self.manager.add_finish_listener(self.metrics.job_finished)
         self.started = time.monotonic()
         self.accepting = True
         # Set by the server: how POST /shutdown asks the process to stop.
         self.request_shutdown: Callable[[], None] | None = None
 
-    def start(self) -> None:
-        self.loop.start()
+    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Start the engine (raises EngineStartFailed) and the VRAM readings."""
+        self.engine.start(stop_requested)
+        if self.engine.model["backend"] == "cuda":
+            self.vram = VramMonitor(NvmlProbe(self.config.gpu_device), pid=lambda: self.engine.engine_pid)
         self.vram.start()
 
+    # -- the facade the routes use ----------------------------------------------------------
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The loaded model as the engine described it: name, vocab_size, backend, …"""
+        return self.engine.model
+
+    def tokenize(self, prompt: str, stops: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        """The prompt's tokens and each stop string's length in tokens (in the engine);
+        raises EngineUnavailable."""
+        texts = [(prompt, True), *((s, False) for s in stops)]
+        tokens = self.engine.tokenize(texts)
+        return tokens[0], [len(t) for t in tokens[1:]]
+
+    def submit(self, job: Job) -> None:
+        self.manager.submit(job)
+
+    def cancel(self, tenant: str, job_id: str, reason: CancelReason) -> Phase | None:
+        return self.manager.cancel(tenant, job_id, reason)
+
+    def find(self, tenant: str, job_id: str) -> Job | None:
+        return self.manager.find(tenant, job_id)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a job sent now would be taken and run."""
+        return self.accepting and self.engine.state == "ready" and self.manager.queue.has_room()
+
     def health(self) -> dict[str, Any]:
-        """Cached state only: never waits for the inference thread or the GPU."""
-        info = self.model.info
-        active = self.loop.active
+        """Cached state only: never waits for the engine or the GPU."""
+        info = self.engine.model
+        active = self.engine.active
+        engine = self.engine.health()
         return {
-            "status": "healthy" if self.accepting and self.model.ptr else "unhealthy",
-            "model": info.name,
-            "resident": bool(self.model.ptr),
-            "quant_kind": info.quant_kind,
+            "status": "healthy" if self.accepting and engine["state"] != "failed" else "unhealthy",
+            "model": info["name"],
+            "resident": engine["state"] == "ready",
+            "quant_kind": info["quant_kind"],
             "vram_bytes_used": self.vram.used_bytes(),
-            "tokenizer_kind": info.tokenizer_kind,
-            "vocab_size": info.vocab_size,
+            "tokenizer_kind": info["tokenizer_kind"],
+            "vocab_size": info["vocab_size"],
             "context_length": self.config.n_ctx,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "backend": info.backend,
-            "gpu_device": self.config.gpu_device if info.backend == "cuda" else None,
+            "backend": info["backend"],
+            "gpu_device": self.config.gpu_device if info["backend"] == "cuda" else None,
             "active_job": active.job_id if active is not None else None,
             "queue_depth": len(self.manager.queue),
-            "cpu_extra_buffers": self.cpu_extra_buffers.health(),
+            "cpu_extra_buffers": self.engine.info["cpu_extra_buffers"] if self.engine.info else None,
+            "engine": engine,
         }
 
     def drain(self, grace_sec: float) -> None:
@@ -107,27 +112,26 @@ class Worker:
 
         Queued jobs end at once with WORKER_SHUTDOWN; the running job gets
         `grace_sec` to finish, then is cancelled (its memory released as for any
-        cancel). Returns when the inference thread has stopped.
+        cancel, by force past the hard deadline). Returns when the dispatcher
+        has stopped.
         """
         self.accepting = False
         ended = self.manager.end_queued(CancelReason.SHUTDOWN)
         log_event("shutdown_draining", queued_ended=len(ended))
         deadline = time.monotonic() + grace_sec
-        # The inference thread exits once the queue is closed and its job has ended.
-        while not self.loop.join(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
+        # The dispatcher exits once the queue is closed and its job has ended.
+        while not self.engine.join(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
-                active = self.loop.active
+                active = self.engine.active
                 if active is not None:
                     self.manager.cancel_job(active, CancelReason.SHUTDOWN)
-                self.loop.join(timeout=30)
+                self.engine.join(timeout=self.config.cancel_deadline_ms / 1000.0 + 30)
                 break
 
     def close(self) -> None:
-        """Free everything; call after `drain`."""
-        self.loop.close()
+        """End the engine process (after `drain`) and close the ledger."""
         self.vram.close()
-        self.pool.close()
-        self.model.close()
+        self.engine.close()
         self.ledger.close()
 
     def _gauges(self) -> dict[str, float | None]:

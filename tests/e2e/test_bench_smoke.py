@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 SCENARIOS = "ttft,cancel-decode"
+CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m bench` runs from the checkout's root
 
 
 def test_bench_quick_report_is_well_formed(tmp_path):
     out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "worker_orcd", "bench", "--quick", "--no-peer"]
+    cmd = [sys.executable, "-m", "bench", "--quick", "--no-peer"]
     cmd += ["--scenarios", SCENARIOS, "--json", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=CHECKOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "target" in done.stdout and "idle TTFT" in done.stdout
 
@@ -27,7 +29,7 @@ def test_bench_quick_report_is_well_formed(tmp_path):
     assert report["machine"]["cpu_extra_buffers"]["source"] in ("flag", "probe", "cache")
     assert "extra CPU buffers on" in done.stdout or "extra CPU buffers off" in done.stdout
     assert report["model"]["file"].endswith(".gguf")
-    assert report["command"].startswith("worker-orcd bench")
+    assert report["command"].startswith("python -m bench --quick")
 
     ttft = report["scenarios"]["ttft"]
     assert "worker" in ttft and any(name.startswith("bare@") for name in ttft)
@@ -53,7 +55,7 @@ def test_floors_report_is_well_formed(tmp_path):
     """`python -m bench.floors` with a handful of samples: every figure present, aborts seen."""
     out = tmp_path / "floors.json"
     cmd = [sys.executable, "-m", "bench.floors", "--samples", "4", "--settle", "0.01", "--json", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=CHECKOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     floors = json.loads(out.read_text())
     for name in ("after_idle_pause_ms", "back_to_back_ms"):

@@ -93,7 +93,7 @@ def idle_rss(worker: WorkerProcess) -> int:
     assert_normal_job(worker)
     with worker.client() as c:
         wait_until(lambda: c.get("/health").json()["active_job"] is None, 30)
-    return worker.rss_bytes()
+    return worker.settled_rss()
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,13 @@ HEALTH_FIELDS = {
     "active_job",
     "queue_depth",
     "busy",
+    "engine",
     "ready",
     "cpu_extra_buffers",
 }
 
 
-def test_health_fields(client):
+def test_health_fields(client, worker):
     first = client.get("/health")
     assert first.status_code == 200
     h = first.json()
@@ -43,6 +44,9 @@ def test_health_fields(client):
     assert h["backend"] == "cpu" and h["gpu_device"] is None and h["vram_bytes_used"] is None
     assert h["active_job"] is None and h["queue_depth"] == 0
     assert h["busy"] is False and h["ready"] is True
+    # WO-ENGINE-1: the model lives in the engine process, a child of the worker.
+    assert h["engine"]["state"] == "ready" and h["engine"]["reason"] is None
+    assert h["engine"]["pid"] and h["engine"]["pid"] != worker.proc.pid
     assert set(h["cpu_extra_buffers"]) == {"mode", "enabled", "source", "reason"}  # WO-CPU-1
     later = client.get("/health").json()
     assert later["uptime_seconds"] >= h["uptime_seconds"] > 0

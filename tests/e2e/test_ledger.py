@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.harness.processes import free_port
 from tests.e2e.helpers import StreamThread, assert_error, cancel, job_of, terminal, uid
 from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess, execute, wait_until
-from worker_orcd.benchmark.processes import free_port
 
 ARGS = ["--threads", "1"]
 SHORT = CHAT.format("Name three colours.")

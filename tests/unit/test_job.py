@@ -11,7 +11,8 @@ import pytest
 from tests.unit.helpers import cancelled, completed, failed, make_job
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs.cancel_flag import CancelReason
-from worker_orcd.jobs.job import JobState, Phase, cancel_error
+from worker_orcd.jobs.job import JobState, Phase
+from worker_orcd.jobs.outcomes import cancel_error
 
 Q, R, C, X, F = (
     JobState.QUEUED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.helpers import completed, make_job
+from worker_orcd.cancel_board import CancelBoard
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import JobState, Phase
 from worker_orcd.jobs.manager import JobExists, JobManager
@@ -66,9 +67,11 @@ def test_cancel_running_job_only_raises_the_flag():
     job, sink = make_job("running")
     m.submit(job)
     assert m.queue.take() is job and job.start()
+    board = CancelBoard(1)
+    job.cancel_flag.bind(board.address(0))  # as the dispatcher does when it sends the run
     assert m.cancel("", "running", CancelReason.CLIENT) is Phase.PROMPT
     assert job.cancel_flag.raised and job.cancel_flag.native_is_raised()
-    assert job.state is JobState.RUNNING and sink.events == []  # the loop emits CANCELLED
+    assert job.state is JobState.RUNNING and sink.events == []  # the dispatcher emits CANCELLED
 
 
 def test_cancel_twice_changes_nothing_after_the_first():

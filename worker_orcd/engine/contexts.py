@@ -18,7 +18,6 @@ from typing import Callable
 
 import llama_cpp
 
-from worker_orcd.engine import priority
 from worker_orcd.engine.model import Model
 from worker_orcd.log import log_event
 
@@ -128,7 +127,6 @@ class ContextPool:
         return ctx
 
     def _refill(self) -> None:
-        priority.lower_this_thread()  # making a spare must not delay the event loop either
         while True:
             with self._cond:
                 while not (self._want_spare or self._closed):

@@ -1,14 +1,18 @@
 """Fault injection for tests: make chosen jobs meet an engine failure.
 
-`WORKER_ORCD_FAULTS="decode=<prefix>,context=<prefix>"`: a job whose id starts
-with the prefix gets a failing llama_decode (its 3rd call returns -3) or a
-context that cannot be made. The plan is consulted once per job, so the token
-loop carries no extra check, with or without faults.
-
+`WORKER_ORCD_FAULTS` holds comma-separated entries; a job whose id starts with
+the prefix meets the fault:
+- `decode=<prefix>`: its 3rd llama_decode returns -3 (a failed compute);
+- `context=<prefix>`: its context cannot be made;
+- `hang=<prefix>`: after its 3rd token the engine calls into C and never
+  returns, deaf to the cancel word (a wedged kernel or driver call): only the
+  front's hard deadline, which kills the engine process, ends the job.
 `cpu_probe=sigill` or `cpu_probe=hang`: the child that checks the engine's extra
 CPU buffer types (engine.cpu_features) kills itself with SIGILL, or never
 finishes, just before its decode: what a CPU that advertises instructions it
 cannot run does to it, on any machine.
+
+The plan is consulted once per run, so the token loop carries no extra check.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from worker_orcd.jobs.job import Job
-
 ENV_VAR = "WORKER_ORCD_FAULTS"
 FAILING_DECODE_CALL = 3
 DECODE_FAILURE_STATUS = -3  # what llama_decode returns when the compute fails
+HANG_AFTER_TOKENS = 3
 CPU_PROBE_FAULTS = ("sigill", "hang")
+_JOB_FAULTS = ("decode", "context", "hang")
 
 Decode = Callable[..., int]
 
@@ -31,6 +35,7 @@ Decode = Callable[..., int]
 class FaultPlan:
     decode_prefix: str | None = None
     context_prefix: str | None = None
+    hang_prefix: str | None = None
     cpu_probe: str | None = None  # sigill | hang
 
     @classmethod
@@ -42,22 +47,28 @@ class FaultPlan:
             if sep and kind == "cpu_probe" and arg in CPU_PROBE_FAULTS:
                 fields["cpu_probe"] = arg
                 continue
-            if not sep or kind not in ("decode", "context") or not arg:
+            if not sep or kind not in _JOB_FAULTS or not arg:
                 raise ValueError(
-                    f"{ENV_VAR}: expected decode=<prefix>, context=<prefix> or "
+                    f"{ENV_VAR}: expected decode=<prefix>, context=<prefix>, hang=<prefix> or "
                     f"cpu_probe={'|'.join(CPU_PROBE_FAULTS)}, got {entry!r}"
                 )
             fields[f"{kind}_prefix"] = arg
         return cls(**fields)
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.decode_prefix, self.context_prefix, self.cpu_probe))
+        return any(
+            v is not None for v in (self.decode_prefix, self.context_prefix, self.hang_prefix, self.cpu_probe)
+        )
 
-    def context_fails(self, job: Job) -> bool:
-        return self.context_prefix is not None and job.job_id.startswith(self.context_prefix)
+    def context_fails(self, job_id: str) -> bool:
+        return _meets(self.context_prefix, job_id)
 
-    def decode_for(self, job: Job, decode: Decode) -> Decode:
-        if self.decode_prefix is None or not job.job_id.startswith(self.decode_prefix):
+    def hang_at(self, job_id: str) -> int:
+        """After how many tokens the run hangs in C; 0: never."""
+        return HANG_AFTER_TOKENS if _meets(self.hang_prefix, job_id) else 0
+
+    def decode_for(self, job_id: str, decode: Decode) -> Decode:
+        if not _meets(self.decode_prefix, job_id):
             return decode
         calls = 0
 
@@ -69,3 +80,7 @@ class FaultPlan:
             return decode(ctx, batch)
 
         return failing_decode
+
+
+def _meets(prefix: str | None, job_id: str) -> bool:
+    return prefix is not None and job_id.startswith(prefix)

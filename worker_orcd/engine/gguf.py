@@ -1,7 +1,8 @@
-"""One metadata value of a GGUF file, read from its header without loading the model.
+"""A GGUF file looked at without loading it: is it one, and one metadata value.
 
-Used where loading the model would be the very thing to avoid: deciding, before
-the engine touches the file, whether a cached verdict about it still holds.
+Used where loading the model would be the very thing to avoid: the front (which
+never loads llama.cpp) failing fast on a bad --model, and deciding, before the
+engine touches the file, whether a cached verdict about it still holds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,23 @@ import struct
 from pathlib import Path
 
 FILE_TYPE_KEY = "general.file_type"
+GGUF_MAGIC = b"GGUF"
+
+
+class ModelLoadError(Exception):
+    """The model file is missing, not a GGUF file, or llama.cpp refused it."""
+
+
+def check_model_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"model file cannot be read: {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF model file (bad magic {magic!r}): {path}")
 
 # GGUF value types: fixed-size ones by their struct format; 8 is a string, 9 an array.
 _FIXED = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}

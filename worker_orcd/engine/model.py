@@ -14,15 +14,10 @@ from pathlib import Path
 import llama_cpp
 
 from worker_orcd import native
-
-GGUF_MAGIC = b"GGUF"
+from worker_orcd.engine.gguf import ModelLoadError, check_model_file
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-
-
-class ModelLoadError(Exception):
-    """The model file is missing, not a GGUF file, or llama.cpp refused it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +42,6 @@ def init_backend() -> None:
         llama_cpp.llama_backend_init()
         llama_cpp.llama_log_set(llama_cpp.llama_log_callback(native.log_discard_address()), None)
         _backend_ready = True
-
-
-def check_model_file(path: Path) -> None:
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise ModelLoadError(f"model file cannot be read: {path}: {exc.strerror}") from exc
-    if magic != GGUF_MAGIC:
-        raise ModelLoadError(f"not a GGUF model file (bad magic {magic!r}): {path}")
 
 
 class Model:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +60,14 @@ class NvmlProbe:
 
 
 class VramMonitor:
-    def __init__(self, probe: NvmlProbe, interval_sec: float = 1.0) -> None:
+    def __init__(
+        self, probe: NvmlProbe, interval_sec: float = 1.0, *, pid: Callable[[], int | None] = lambda: None
+    ) -> None:
+        """`pid`: whose VRAM to read (the engine process, which holds the model); None: this one."""
         self.probe = probe
         self.interval_sec = interval_sec
-        self.latest: VramSample | None = probe.sample()
+        self._pid = pid
+        self.latest: VramSample | None = probe.sample(pid())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vram-monitor", daemon=True)
 
@@ -72,7 +76,7 @@ class VramMonitor:
             self._thread.start()
 
     def refresh(self) -> VramSample | None:
-        self.latest = self.probe.sample()
+        self.latest = self.probe.sample(self._pid())
         return self.latest
 
     def used_bytes(self) -> int | None:

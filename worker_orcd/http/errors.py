@@ -38,6 +38,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.WORKER_SHUTTING_DOWN: 503,
     ErrorCode.WORKER_SHUTDOWN: 503,
     ErrorCode.WORKER_RESTARTED: 503,
+    ErrorCode.ENGINE_FAILED: 503,
+    ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.INFERENCE_TIMEOUT: 504,
 }
 

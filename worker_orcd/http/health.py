@@ -17,8 +17,8 @@ from worker_orcd.worker import Worker
 def health_for(worker: Worker, tenant: str | None, operator: bool) -> dict[str, Any]:
     health = worker.health()
     # Read once: the id shown and the owner checked must be the same job's.
-    active = worker.loop.active
-    ready = health["status"] == "healthy" and worker.manager.queue.has_room()
+    active = worker.engine.active
+    ready = worker.ready
     if tenant is None:
         return {"status": health["status"], "ready": ready}
     own = active is not None and (operator or active.tenant == tenant)

@@ -29,6 +29,7 @@ from worker_orcd.jobs.manager import TenantBusy
 from worker_orcd.jobs.queue import QueueClosed, QueueFull
 from worker_orcd.jobs.registry import JobExists
 from worker_orcd.log import log_event
+from worker_orcd.supervisor.supervisor import EngineUnavailable
 from worker_orcd.worker import Worker
 
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # specs/openapi.json
@@ -81,24 +82,24 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
         raise _shutting_down()
     req = parse_execute(await _json_body(request))
     tenant = tenant_of(request)
-    if worker.manager.find(tenant, req.job_id) is not None or await to_thread.run_sync(
+    if worker.find(tenant, req.job_id) is not None or await to_thread.run_sync(
         worker.ledger.exists, tenant, req.job_id
     ):
         raise _job_exists(req.job_id)
+    # The engine process has the vocabulary: a round trip, waited for on a thread.
+    try:
+        prompt_tokens, stop_tokens = await to_thread.run_sync(worker.tokenize, req.prompt, req.stop)
+    except EngineUnavailable as exc:
+        raise RequestError(
+            ErrorCode.ENGINE_UNAVAILABLE, f"the engine cannot take jobs: {exc}", headers={"Retry-After": RETRY_AFTER_SEC}
+        ) from None
     model = worker.model
-    # Tokenizing is model code: a thread, not the event loop.
-    prompt_tokens, stop_tokens = await to_thread.run_sync(
-        lambda: (
-            model.tokenize(req.prompt),
-            [len(model.tokenize(s, add_special=False)) for s in req.stop],
-        )
-    )
     max_tokens = check_token_limits(
         req,
         len(prompt_tokens),
         stop_tokens,
         n_ctx=worker.config.n_ctx,
-        vocab_size=model.n_vocab,
+        vocab_size=model["vocab_size"],
     )
     channel = EventChannel(asyncio.get_running_loop())
     job = Job(
@@ -113,13 +114,13 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
             seed=req.seed,
             stop=req.stop,
         ),
-        model=model.info.name,
+        model=model["name"],
         correlation_id=correlation_id_of(request),
         tenant=tenant,
         sink=channel.put,
     )
     try:
-        worker.manager.submit(job)
+        worker.submit(job)
     except JobExists:
         raise _job_exists(req.job_id) from None
     except TenantBusy as exc:
@@ -195,8 +196,8 @@ async def cancel(request: Request) -> JSONResponse:
     worker = _worker(request)
     tenant = tenant_of(request)
     # An unknown id's cancel is kept for an execute still on its way (WO-CANCEL-12).
-    phase = worker.manager.cancel(tenant, job_id, CancelReason.CLIENT)
-    job = worker.manager.find(tenant, job_id)
+    phase = worker.cancel(tenant, job_id, CancelReason.CLIENT)
+    job = worker.find(tenant, job_id)
     worker.metrics.cancel_requested(phase)
     fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
     if job is not None:  # the cancel request has its own id; the job's links the two
@@ -217,7 +218,7 @@ async def get_job(request: Request) -> JSONResponse:
     job_id = request.path_params["job_id"]
     worker = _worker(request)
     tenant = tenant_of(request)
-    job = worker.manager.find(tenant, job_id)
+    job = worker.find(tenant, job_id)
     record = job.snapshot() if job is not None else await to_thread.run_sync(worker.ledger.get, tenant, job_id)
     if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")

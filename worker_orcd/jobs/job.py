@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from worker_orcd.errors import ErrorCode
-from worker_orcd.jobs import events
+from worker_orcd.jobs import outcomes
 from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
 from worker_orcd.jobs.events import Event, EventSink
 
@@ -67,6 +67,7 @@ class Outcome:
     error_code: ErrorCode | None = None
     stop_ms: float | None = None
     cancel_ms: float | None = None
+    forced: bool = False  # a cancel the engine did not confirm in time: the process was killed
 
 
 @dataclass(eq=False)
@@ -177,21 +178,7 @@ class Job:
 
     def finish_cancelled_unstarted(self) -> bool:
         """End a cancelled job that is still queued; False if it has started or ended."""
-        flag = self.cancel_flag
-        code, message, retriable = cancel_error(flag.reason or CancelReason.CLIENT)
-        cancel_ms = elapsed_ms(flag.raised_at)
-        return self.finish(
-            Outcome(
-                JobState.CANCELLED if code is ErrorCode.CANCELLED else JobState.FAILED,
-                events.error(
-                    code, message, retriable, tokens_out=0, stop_ms=0.0, cancel_ms=cancel_ms
-                ),
-                error_code=code,
-                stop_ms=0.0,
-                cancel_ms=cancel_ms,
-            ),
-            only_from=JobState.QUEUED,
-        )
+        return self.finish(outcomes.cancelled(self.cancel_flag, tokens_out=0, stopped_at=None), only_from=JobState.QUEUED)
 
     # -- views ---------------------------------------------------------------------------
 
@@ -242,17 +229,3 @@ class Job:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self)
-
-
-def elapsed_ms(since: float | None) -> float:
-    """Milliseconds from a perf_counter() reading until now (0 when there is none)."""
-    return 0.0 if since is None else round((time.perf_counter() - since) * 1000.0, 3)
-
-
-def cancel_error(reason: CancelReason) -> tuple[ErrorCode, str, bool]:
-    """The terminal error a cancel reason produces: (code, message, retriable)."""
-    if reason is CancelReason.TIMEOUT:
-        return ErrorCode.INFERENCE_TIMEOUT, "Job exceeded the inference timeout", True
-    if reason is CancelReason.SHUTDOWN:
-        return ErrorCode.WORKER_SHUTDOWN, "Worker is shutting down; retry on another worker", True
-    return ErrorCode.CANCELLED, events.CANCELLED_MESSAGE, False

@@ -96,16 +96,21 @@ class JobQueue:
         with self._cond:
             return not self._closed and self._size < self.capacity + self._idle_takers
 
-    def close(self) -> list[Job]:
-        """Refuse new jobs and hand back those still waiting, in turn order; `take`
-        then returns None."""
+    def drain(self) -> list[Job]:
+        """Hand back every waiting job, in turn order, leaving the queue open."""
         with self._cond:
-            self._closed = True
             left = []
             while self._size:
                 left.append(self._pop_next())
-            self._cond.notify_all()
             return left
+
+    def close(self) -> list[Job]:
+        """Refuse new jobs and hand back those still waiting, in turn order; `take`
+        then returns None."""
+        with self._cond:  # a Condition's lock is reentrant: drain() under the same hold
+            self._closed = True
+            self._cond.notify_all()
+            return self.drain()
 
     def __len__(self) -> int:
         return self._size

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from worker_orcd.benchmark.runs import StreamRun
+from bench.harness.runs import StreamRun
 
 
 def _nothing() -> None:

@@ -1,7 +1,8 @@
 """Scenario 7: the worker's resident memory (and VRAM) before, during and after a job, and over many cycles.
 
-RSS needs the worker's pid (a worker this command started, or `--worker-pid`);
-VRAM comes from NVML, for that pid, when a GPU and the library are there.
+RSS needs the worker's pid (a worker this command started, or `--worker-pid`) and
+counts its child processes too; VRAM comes from NVML, for that pid, when a GPU and
+the library are there.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from worker_orcd.benchmark.processes import rss_bytes
-from worker_orcd.benchmark.worker_client import WorkerClient
+from bench.harness.rss import rss_bytes
+from bench.harness.worker_client import WorkerClient
 from worker_orcd.gpu.nvml import NvmlProbe
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # the directory that holds bench/
+
 
 class ServerFailed(RuntimeError):
     """A server exited or did not become ready; the message ends with its log."""
@@ -27,12 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a local process, from /proc."""
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -147,7 +143,7 @@ def peer_server(settings: PeerSettings, scratch: Path) -> ChildServer:
     port = free_port()
     s = settings
     # Through a launcher: the server has no flag for the extra CPU buffer types.
-    cmd = [sys.executable, "-m", "worker_orcd.benchmark.peer_launch"]
+    cmd = [sys.executable, "-m", "bench.harness.peer_launch"]
     cmd += ["--cpu-extra-buffers", "on" if s.extra_buffers else "off"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--model", str(s.model), "--n_ctx", str(s.n_ctx)]
@@ -156,7 +152,10 @@ def peer_server(settings: PeerSettings, scratch: Path) -> ChildServer:
     # Its default computes logits for every prompt token; the worker computes only the last.
     cmd += ["--logits_all", "false"]
     cmd += ["--n_gpu_layers", str(s.gpu_layers), "--main_gpu", str(s.gpu_device)]
-    return ChildServer("peer", cmd, port, "/v1/models", scratch)
+    # The launcher is in this checkout, which the child finds only if told: the
+    # benchmark may have been started from another directory (`worker-orcd bench`).
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
+    return ChildServer("peer", cmd, port, "/v1/models", scratch, env={"PYTHONPATH": path})
 
 
 def peer_available() -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from operator import sub, truediv
 
-from worker_orcd.benchmark.stats import difference, percentile, ratio
+from bench.harness.stats import difference, percentile, ratio
 
 
 def _p50(block: dict[str, Any] | None, key: str) -> float | None:

@@ -19,10 +19,10 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from worker_orcd.benchmark.peer_client import PeerClient
-from worker_orcd.benchmark.quiet import QuietGuard, take
-from worker_orcd.benchmark.stats import percentile, summary
-from worker_orcd.benchmark.worker_client import WorkerClient
+from bench.harness.peer_client import PeerClient
+from bench.harness.quiet import QuietGuard, take
+from bench.harness.stats import percentile, summary
+from bench.harness.worker_client import WorkerClient
 
 Prompt = Callable[[int], str]
 

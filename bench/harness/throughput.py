@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from worker_orcd.benchmark.cpu import CpuProbe, per_token_us
-from worker_orcd.benchmark.quiet import QuietGuard, take
-from worker_orcd.benchmark.sides import Side, rotated
-from worker_orcd.benchmark.stats import summary
+from bench.harness.cpu import CpuProbe, per_token_us
+from bench.harness.quiet import QuietGuard, take
+from bench.harness.sides import Side, rotated
+from bench.harness.stats import summary
 
 
 def streaming(

@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 import httpx
 
-from worker_orcd.benchmark.runs import CancelRun, StreamRun
-from worker_orcd.benchmark.sse import BackgroundEvents, SseEvent, iter_events
+from bench.harness.background import BackgroundEvents, events_of
+from bench.harness.runs import CancelRun, StreamRun
+from worker_orcd.client.sse import SseEvent
 
 TERMINAL = ("end", "error")
 
@@ -60,11 +61,11 @@ class WorkerClient:
         run = StreamRun(sent_at=time.perf_counter())
         with self.http.stream("POST", "/execute", json=self._body(prompt, max_tokens)) as response:
             _check(response)
-            for event in iter_events(response):
+            for event in events_of(response):
                 if event.name == "token":
                     run.token_times.append(event.at)
                 elif event.name in TERMINAL:
-                    data = event.json()
+                    data = event.data
                     if event.name == "error":
                         raise RuntimeError(f"job failed: {data}")
                     run.stop_reason = data["stop_reason"]
@@ -122,7 +123,7 @@ class WorkerClient:
             job.close()
         if terminal is None:
             raise RuntimeError("stream ended without a terminal event")
-        data = terminal.json()
+        data = terminal.data
         return CancelRun(
             hit="decode" if (data.get("tokens_out") or 0) > 0 else "prompt",
             client_ms=(terminal.at - t_sent) * 1000.0,

@@ -8,14 +8,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from worker_orcd.benchmark import extra_buffers
-from worker_orcd.benchmark.bare import BareLoop
-from worker_orcd.benchmark.peer_client import PeerClient
-from worker_orcd.benchmark.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
-from worker_orcd.benchmark.quiet import QuietGuard
-from worker_orcd.benchmark.settings import BenchSettings, WorkerSettings, worker_settings
-from worker_orcd.benchmark.sides import Side, bare_side, client_side
-from worker_orcd.benchmark.worker_client import WorkerClient
+from bench.harness import extra_buffers
+from bench.harness.bare import BareLoop
+from bench.harness.peer_client import PeerClient
+from bench.harness.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
+from bench.harness.quiet import QuietGuard
+from bench.harness.rss import descendants
+from bench.harness.settings import BenchSettings, WorkerSettings, worker_settings
+from bench.harness.sides import Side, bare_side, client_side
+from bench.harness.worker_client import WorkerClient
 from worker_orcd.config import default_model_path
 
 # Scenarios that compare the worker with each baseline.
@@ -128,12 +129,18 @@ class Rig:
         if self.settings.quiet_limit is None or self.pid is None:
             return None
         guard = QuietGuard(
-            lambda: [p for p in (os.getpid(), self.pid, self.peer_pid) if p is not None],
+            self._own_pids,
             limit=self.settings.quiet_limit,
             retries=self.settings.quiet_retries,
             wait_s=self.settings.quiet_wait_s,
         )
         return guard if guard.enabled else None
+
+    def _own_pids(self) -> list[int]:
+        """This process, the worker and the peer, each with its children (the worker's engine
+        may run in one): CPU time they use is the benchmark's, not other people's load."""
+        roots = [p for p in (os.getpid(), self.pid, self.peer_pid) if p is not None]
+        return roots + [c for p in roots for c in descendants(p)]  # the guard drops repeats
 
     def close(self) -> None:
         self._stack.close()

@@ -1,6 +1,6 @@
 """llama-cpp-python's server with the worker's extra-CPU-buffers setting.
 
-    python -m worker_orcd.benchmark.peer_launch --cpu-extra-buffers on|off <llama_cpp.server flags>
+    python -m bench.harness.peer_launch --cpu-extra-buffers on|off <llama_cpp.server flags>
 
 The server has no flag for it: this sets it for every model the process loads,
 then runs the server's own `main` with the remaining flags.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from worker_orcd.benchmark.extra_buffers import set_default
+from bench.harness.extra_buffers import set_default
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker_orcd.benchmark.peer_launch", allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="python -m bench.harness.peer_launch", allow_abbrev=False)
     parser.add_argument("--cpu-extra-buffers", choices=["on", "off"], required=True)
     args, server_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     set_default(args.cpu_extra_buffers == "on")

@@ -1,4 +1,4 @@
-"""`worker-orcd bench`: run the scenarios, print the tables, write the JSON report.
+"""`python -m bench`: run the scenarios, print the tables, write the JSON report.
 
 Flags it does not know are `worker-orcd serve` flags: they go to the worker it
 starts (e.g. `--gpu-device 1 --threads 8`), and the baselines copy the ones
@@ -12,14 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from worker_orcd.benchmark.settings import SCENARIOS, BenchSettings, quick
+from bench.harness.settings import SCENARIOS, BenchSettings, quick
 
 CLIENT_GIL_SWITCH_SEC = 0.0005
+PROG = "python -m bench"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="worker-orcd bench",
+        prog=prog,
         description=__doc__.split("\n\n")[0],
         epilog="Other flags go to `worker-orcd serve`. Scenarios: " + ", ".join(SCENARIOS) + ".",
         allow_abbrev=False,  # an abbreviation must not swallow a worker flag
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str]) -> BenchSettings:
-    parser = build_parser()
+def parse(argv: list[str], prog: str = PROG) -> BenchSettings:
+    parser = build_parser(prog)
     args, worker_args = parser.parse_known_args(argv)
     scenarios = SCENARIOS if args.scenarios == "all" else tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -97,17 +98,20 @@ def parse(argv: list[str]) -> BenchSettings:
     return quick(settings) if args.quick else settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """`prog`: the command as the user typed it (`worker-orcd bench` runs this too), for
+    --help and the report's `command`."""
+    argv = sys.argv[1:] if argv is None else argv
+    settings = parse(argv, prog)
     # A stream reader thread stamps events after taking the GIL: keep that wait short.
     sys.setswitchinterval(CLIENT_GIL_SWITCH_SEC)
-    from worker_orcd.benchmark import report, runner
+    from bench.harness import report, runner
 
     def progress(message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
     result = runner.run(settings, progress)
-    result["command"] = "worker-orcd bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = " ".join([prog, *argv])
     print(report.render(result))
     if settings.json_path is not None:
         report.write_json(result, settings.json_path)

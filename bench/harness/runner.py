@@ -6,12 +6,12 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable
 
-from worker_orcd.benchmark import machine, prompts
-from worker_orcd.benchmark.compare import comparisons
-from worker_orcd.benchmark.rig import Rig
-from worker_orcd.benchmark.scenarios import RUNNERS
-from worker_orcd.benchmark.settings import SCENARIOS, BenchSettings
-from worker_orcd.benchmark.targets import check
+from bench.harness import machine, prompts
+from bench.harness.compare import comparisons
+from bench.harness.rig import Rig
+from bench.harness.scenarios import RUNNERS
+from bench.harness.settings import SCENARIOS, BenchSettings
+from bench.harness.targets import check
 from worker_orcd.gpu.nvml import NvmlProbe
 
 SCHEMA = "worker-orcd-bench/1"

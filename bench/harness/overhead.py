@@ -1,17 +1,17 @@
 """Scenario 6: what the cancel checks cost the worker's own generation path.
 
 In this process, on the worker's engine pieces (model, per-job context, sampler
-chain, `InferenceLoop._generate`), three measurements:
+chain, `InferenceLoop._generate`, a cancel board word), three measurements:
 - whole runs, two variants alternating on fresh contexts in ABBA order:
-  `checked`, the worker's path as in production (the C abort callback on the
-  job's flag, the flag read before every token and prompt chunk), and
+  `checked`, the engine's path as in production (the C abort callback on the
+  run's cancel word, the word read before every token and prompt chunk), and
   `unchecked`, the same per-token work (sample, detokenize, assemble UTF-8,
-  build and emit the event, keep the text) with neither. End to end, but a run
+  hand the token to the channel) with neither. End to end, but a run
   of a few seconds on a shared machine moves by a few per cent either way;
 - the callback alone, decode by decode: one generation whose decodes alternate
   with and without it, so each pair of neighbouring tokens compares like with
   like (its cost inside llama_decode, free of drift);
-- the loop's own flag check, timed directly (one attribute read per token).
+- the loop's own check of the word, timed directly (one load per token).
 The target is held to the sum of the last two; the first is the cross-check.
 """
 
@@ -25,18 +25,17 @@ from typing import Any
 
 import llama_cpp
 
-from worker_orcd.benchmark import prompts
-from worker_orcd.benchmark.quiet import QuietGuard, take
-from worker_orcd.benchmark.stats import summary
+from bench.harness import prompts
+from bench.harness.quiet import QuietGuard, take
+from bench.harness.stats import summary
+from worker_orcd import native
+from worker_orcd.cancel_board import CancelBoard
 from worker_orcd.engine.contexts import ContextSettings, free_context, new_context
-from worker_orcd.engine.loop import InferenceLoop
+from worker_orcd.engine.loop import InferenceLoop, Run
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import Utf8Assembler
-from worker_orcd.jobs.events import Event
-from worker_orcd.jobs.cancel_flag import CancelFlag
-from worker_orcd.jobs.job import Job, Phase, Sampling
-from worker_orcd.jobs.queue import JobQueue
+from worker_orcd.jobs.job import Sampling
 
 _TOKEN_SIZE = ctypes.sizeof(llama_cpp.llama_token)
 _TOKEN_P = ctypes.POINTER(llama_cpp.llama_token)
@@ -60,29 +59,28 @@ class OverheadBench:
     def __init__(self, settings: OverheadSettings) -> None:
         self.settings = settings
         self.model = Model(settings.model, gpu_device=settings.gpu_device, extra_buffers=settings.extra_buffers)
-        self.loop = InferenceLoop(
-            self.model, _NoSpares(), JobQueue(1), prefill_chunk=settings.prefill_chunk, timeout_sec=24 * 3600.0
-        )
+        self.loop = InferenceLoop(self.model, _NoSpares(), _DiscardChannel(), prefill_chunk=settings.prefill_chunk)
         self.ctx_settings = ContextSettings(settings.n_ctx, settings.prefill_chunk, settings.n_threads)
+        self.board = CancelBoard(1)
+        self.word_address = self.board.address(0)  # never raised here: a run that is not cancelled
 
     def close(self) -> None:
-        self.loop.close()
         self.model.close()
 
     def generate(self, variant: str, n: int) -> tuple[float, float]:
         """One generation on a fresh context: (loop ms per token, llama_decode ms per token)."""
         model = self.model
-        job = self._job(n, variant)
-        job.start()
+        run = self._run(n, variant)
         ctx = new_context(model, self.ctx_settings)
-        sampler = new_sampler(job.sampling, model.n_vocab)
+        sampler = new_sampler(run.sampling, model.n_vocab)
         try:
             if variant == "checked":
-                llama_cpp.llama_set_abort_callback(ctx, self.loop._abort_callback, job.cancel_flag.address)
-                result = self.loop._generate(job, ctx, sampler)
-                n_out, decode_ms = job.tokens_out, result.decode_ms
+                llama_cpp.llama_set_abort_callback(ctx, self.loop._abort_callback, run.flag_address)
+                word = ctypes.c_int.from_address(run.flag_address)
+                facts = self.loop._generate(run, word, ctx, sampler)
+                n_out, decode_ms = facts.tokens_out, facts.decode_ms
             elif variant == "unchecked":
-                n_out, decode_ms = _generate_unchecked(model, self.loop.pool, job, ctx, sampler, self.loop.prefill_chunk)
+                n_out, decode_ms = _generate_unchecked(model, self.loop, run, ctx, sampler)
             else:
                 raise ValueError(f"unknown variant {variant!r}")
             perf = llama_cpp.llama_perf_context(ctx)
@@ -94,15 +92,16 @@ class OverheadBench:
         return decode_ms / n_out, perf.t_eval_ms / perf.n_eval
 
 
-    def _job(self, n: int, tag: str) -> Job:
-        return Job(
+    def _run(self, n: int, tag: str) -> Run:
+        native.library().orcd_cancel_flag_clear(self.word_address)
+        return Run(
+            number=n,
             job_id=f"overhead-{n}-{tag}",
             prompt_tokens=self.model.tokenize(prompts.story(n)),
             sampling=Sampling(
                 max_tokens=self.settings.tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=0
             ),
-            model=self.model.info.name,
-            sink=_discard,
+            flag_address=self.word_address,
         )
 
     def toggled(self, n: int) -> list[tuple[float, float]]:
@@ -112,15 +111,15 @@ class OverheadBench:
         measures the callback's cost inside llama_decode free of the drift that
         whole runs suffer. Returns (with, without) seconds per pair.
         """
-        job = self._job(n, "toggled")
+        run = self._run(n, "toggled")
         ctx = new_context(self.model, self.ctx_settings)
-        sampler = new_sampler(job.sampling, self.model.n_vocab)
+        sampler = new_sampler(run.sampling, self.model.n_vocab)
         callback, no_callback = self.loop._abort_callback, llama_cpp.ggml_abort_callback()
-        address = job.cancel_flag.address
+        address = run.flag_address
         decode, clock = llama_cpp.llama_decode, time.perf_counter
         pairs: list[tuple[float, float]] = []
         try:
-            _evaluate_prompt(job, ctx, self.loop.prefill_chunk)
+            _evaluate_prompt(run, ctx, self.loop.prefill_chunk)
             current = (llama_cpp.llama_token * 1)()
             batch = llama_cpp.llama_batch_get_one(current, 1)
             first_with = n % 2 == 0  # which of the two goes first alternates between runs
@@ -145,12 +144,13 @@ class OverheadBench:
 
 
 def _flag_check_ns() -> float:
-    """What the loop's own check costs per token: one attribute read of the job's flag."""
-    flag = CancelFlag()
+    """What the loop's own check costs per token: one load of the run's cancel word."""
+    board = CancelBoard(1)
+    word = ctypes.c_int.from_address(board.address(0))
     n = 200_000
     t0 = time.perf_counter_ns()
     for _ in range(n):
-        if flag.raised:
+        if word.value:
             break
     loop_ns = time.perf_counter_ns() - t0
     t0 = time.perf_counter_ns()
@@ -211,8 +211,14 @@ def _paired_pct(samples: dict[str, list[float]]) -> dict[str, Any]:
     return summary(((c / u - 1.0) * 100.0 for c, u in zip(samples["checked"], samples["unchecked"]) if u), 3)
 
 
-def _discard(event: Event) -> None:
-    pass
+class _DiscardChannel:
+    """The channel as `_generate` sees it: tokens go nowhere (the front is not measured here)."""
+
+    def send_token(self, run: int, tokens_out: int, text: str) -> None:
+        pass
+
+    def send(self, message: dict) -> None:
+        pass
 
 
 class _NoSpares:
@@ -222,11 +228,11 @@ class _NoSpares:
         pass
 
 
-def _evaluate_prompt(job: Job, ctx: int, chunk: int) -> None:
+def _evaluate_prompt(run: Run, ctx: int, chunk: int) -> None:
     decode = llama_cpp.llama_decode
     batch_get_one = llama_cpp.llama_batch_get_one
-    n_prompt = len(job.prompt_tokens)
-    prompt = (llama_cpp.llama_token * n_prompt)(*job.prompt_tokens)
+    n_prompt = len(run.prompt_tokens)
+    prompt = (llama_cpp.llama_token * n_prompt)(*run.prompt_tokens)
     base = ctypes.addressof(prompt)
     for start in range(0, n_prompt, chunk):
         n = min(chunk, n_prompt - start)
@@ -234,38 +240,35 @@ def _evaluate_prompt(job: Job, ctx: int, chunk: int) -> None:
             raise RuntimeError("prompt decode failed")
 
 
-def _generate_unchecked(model: Model, pool, job: Job, ctx: int, sampler: int, chunk: int) -> tuple[int, float]:
-    """`InferenceLoop._generate` for a job without stop strings, minus every cancel check."""
+def _generate_unchecked(model: Model, loop: InferenceLoop, run: Run, ctx: int, sampler: int) -> tuple[int, float]:
+    """`InferenceLoop._generate` for a run without stop strings, minus every cancel check."""
     decode = llama_cpp.llama_decode
     batch_get_one = llama_cpp.llama_batch_get_one
-    _evaluate_prompt(job, ctx, chunk)
+    _evaluate_prompt(run, ctx, loop.prefill_chunk)
     t1 = time.perf_counter()
-    job.phase = Phase.DECODE
 
     sample = llama_cpp.llama_sampler_sample
     piece = model.piece
     eog = model.eog_tokens
     utf8 = Utf8Assembler().feed
-    emit = job.emit
-    keep = job.append_text
-    max_tokens = job.sampling.max_tokens
+    send_token = loop.channel.send_token
+    number = run.number
+    max_tokens = run.sampling.max_tokens
     current = (llama_cpp.llama_token * 1)()
     next_batch = batch_get_one(current, 1)
     n_out = 0
-    index = 0
+    sent = 0
     while True:
         token = sample(sampler, ctx, -1)
         if token in eog:
             break
         n_out += 1
-        job.tokens_out = n_out
         text = utf8(piece(token))
         if text:
-            emit(Event("token", {"t": text, "i": index}))
-            keep(text)
-            index += 1
-            if index == 1:
-                pool.refill()
+            send_token(number, n_out, text)
+            sent += 1
+            if sent == 1:
+                loop.pool.refill()
         if n_out >= max_tokens:
             break
         current[0] = token

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from worker_orcd.benchmark import extra_buffers as extra
-from worker_orcd.benchmark.runs import StreamRun
+from bench.harness import extra_buffers as extra
+from bench.harness.runs import StreamRun
 
 
 class BareLoop:

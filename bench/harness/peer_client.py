@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from worker_orcd.benchmark.runs import DisconnectRun, StreamRun
-from worker_orcd.benchmark.sse import iter_events
+from bench.harness.background import events_of
+from bench.harness.runs import DisconnectRun, StreamRun
 
 DONE = "[DONE]"
 
@@ -48,10 +48,10 @@ class PeerClient:
         run = StreamRun(sent_at=time.perf_counter())
         with self.http.stream("POST", "/v1/completions", json=self._body(prompt, max_tokens)) as response:
             _check(response)
-            for event in iter_events(response):
+            for event in events_of(response):
                 if event.raw == DONE:
                     break
-                choice = event.json()["choices"][0]
+                choice = event.data["choices"][0]
                 if choice.get("text"):
                     run.token_times.append(event.at)
                 if choice.get("finish_reason"):
@@ -66,10 +66,10 @@ class PeerClient:
         seen = 0
         with self.http.stream("POST", "/v1/completions", json=self._body(prompt, max_tokens)) as response:
             _check(response)
-            for event in iter_events(response):
+            for event in events_of(response):
                 if event.raw == DONE:
                     raise RuntimeError(f"peer finished before {after} tokens")
-                if event.json()["choices"][0].get("text"):
+                if event.data["choices"][0].get("text"):
                     seen += 1
                     if seen >= after:
                         break

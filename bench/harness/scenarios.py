@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from worker_orcd.benchmark import cancel, memory, overhead, prompts, throughput
-from worker_orcd.benchmark.cpu import CpuProbe
-from worker_orcd.benchmark.quiet import QuietGuard
-from worker_orcd.benchmark.rig import Rig
+from bench.harness import cancel, memory, overhead, prompts, throughput
+from bench.harness.cpu import CpuProbe
+from bench.harness.quiet import QuietGuard
+from bench.harness.rig import Rig
 
 Progress = Callable[[str], None]
 # Prompt numbers per use, so that no two requests of a run share a prompt.

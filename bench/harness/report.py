@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from worker_orcd.benchmark.extra_buffers import describe as describe_extra_buffers
+from bench.harness.extra_buffers import describe as describe_extra_buffers
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

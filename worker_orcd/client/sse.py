@@ -1,0 +1,89 @@
+"""Reading a Server-Sent Events stream: bytes in, events out, each stamped when it was read.
+
+It takes raw byte chunks from any HTTP client, so the package needs none. The
+benchmark reads a stream on the same cores as the worker it measures, so this
+is a tight loop over bytes: each chunk is split on blank lines with
+`bytes.find`, and an event's data is JSON-decoded only when asked for (most
+token events are only counted and timed). Events that arrive in one chunk share
+its stamp: the moment the client could first see them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Iterator
+
+_UNREAD = object()
+
+
+class SseEvent:
+    """One event: its name, its data (the text as `raw`, JSON-decoded as `data`) and
+    `at`, time.perf_counter() when the bytes that completed it were read."""
+
+    __slots__ = ("name", "raw", "at", "_data")
+
+    def __init__(self, name: str, raw: str, at: float) -> None:
+        self.name = name
+        self.raw = raw
+        self.at = at
+        self._data: Any = _UNREAD
+
+    @property
+    def data(self) -> Any:
+        """The data as JSON; ValueError when it is not (llama-cpp-python's `[DONE]`)."""
+        if self._data is _UNREAD:
+            self._data = json.loads(self.raw)
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"SseEvent({self.name!r}, {self.raw!r}, at={self.at:.6f})"
+
+
+def iter_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
+    """The events of an SSE byte stream, in order.
+
+    Lines end in LF or CRLF (the worker writes LF, sse-starlette CRLF), the same
+    throughout the stream: its first line end decides, so no chunk is rewritten.
+    Comments (`: ping`) and blocks without data are skipped, `id:` and `retry:`
+    ignored; several `data:` lines make one event's data, joined with LF. An event
+    the stream ends in the middle of is dropped, as the SSE spec says.
+    """
+    clock = time.perf_counter
+    buf = b""
+    boundary = b""  # the blank line between events, once the stream's line end is known
+    for chunk in chunks:
+        at = clock()
+        buf += chunk
+        if not boundary:
+            lf = buf.find(b"\n")
+            if lf < 0:
+                continue
+            line_end = "\r\n" if lf and buf[lf - 1] == 13 else "\n"  # 13: CR
+            boundary = (line_end * 2).encode()
+            step = len(boundary)
+        start = 0
+        while True:
+            end = buf.find(boundary, start)
+            if end < 0:
+                break
+            event = _event(buf[start:end], line_end, at)
+            start = end + step
+            if event is not None:
+                yield event
+        if start:
+            buf = buf[start:]
+
+
+def _event(block: bytes, line_end: str, at: float) -> SseEvent | None:
+    name = "message"
+    data: str | None = None
+    for line in block.decode().split(line_end):  # one decode per event, not per line
+        if line.startswith("data:"):
+            value = line[5:].removeprefix(" ")
+            data = value if data is None else data + "\n" + value
+        elif line.startswith("event:"):
+            name = line[6:].removeprefix(" ")
+    if data is None:
+        return None
+    return SseEvent(name, data, at)

@@ -1,0 +1,158 @@
+"""The engine process: it owns the model and its contexts, and runs what the front sends.
+
+Started by the front (`worker_orcd.supervisor.engine_process`) as
+`python -P -m worker_orcd.engine …`, with the channel's socket and the cancel
+board inherited as file descriptors and its environment (glibc tunables) set
+at spawn. It checks the CPU's extra buffer types, loads the model, makes the
+spare context and says `ready` (or `failed`, with the one-line reason); then
+its main thread answers `tokenize` at once (safe beside a running decode: it
+reads only the vocabulary) and hands `run` to the inference thread.
+
+It never handles a signal meant for the worker: SIGINT and SIGTERM (a terminal's
+Ctrl-C, a service manager stopping the group) are the front's to act on, and
+the front ends this process with `exit` or, when it must, SIGKILL. If the front
+dies, so does the engine (parent-death signal, and the channel's end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from worker_orcd import log
+from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.wire import Channel
+
+ENGINE_NICE = 5  # below the front: the event loop gets a core at once
+GIL_SWITCH_SEC = 0.0005  # a thread back from llama.cpp waits at most this for the GIL
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m worker_orcd.engine")
+    p.add_argument("--channel-fd", type=int, required=True)
+    p.add_argument("--board-fd", type=int, required=True)
+    p.add_argument("--board-slots", type=int, default=1)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--gpu-device", type=int, default=None)
+    p.add_argument("--n-ctx", type=int, required=True)
+    p.add_argument("--prefill-chunk", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--cpu-extra-buffers", default="auto")
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--worker-id", default="")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def _detach_from_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+
+def _lower_priority() -> None:
+    """Relative to the front's own level, for every thread this process will have
+    (llama.cpp's workers included)."""
+    try:
+        os.nice(ENGINE_NICE)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _detach_from_signals()
+    _lower_priority()
+    sys.setswitchinterval(GIL_SWITCH_SEC)
+    log.configure(args.worker_id, args.log_level)
+    channel = Channel(args.channel_fd)
+    board = CancelBoard(args.board_slots, fd=args.board_fd)
+
+    from worker_orcd.engine import cpu_features
+    from worker_orcd.engine.contexts import ContextPool, ContextSettings, ContextUnavailable
+    from worker_orcd.engine.faults import FaultPlan
+    from worker_orcd.engine.loop import InferenceLoop, Run
+    from worker_orcd.engine.model import Model, ModelLoadError
+    from worker_orcd.jobs.job import Sampling
+
+    try:
+        extra = cpu_features.decide(
+            args.cpu_extra_buffers,
+            model_path=args.model,
+            state_dir=args.state_dir,
+            threads=args.threads,
+            gpu_device=args.gpu_device,
+        )
+        model = Model(args.model, gpu_device=args.gpu_device, extra_buffers=extra.enabled)
+        extra.log()
+        pool = ContextPool(model, ContextSettings(args.n_ctx, args.prefill_chunk, args.threads))
+    except (ModelLoadError, ContextUnavailable, ValueError) as exc:
+        channel.send({"kind": "failed", "message": str(exc)})
+        return 1
+    loop = InferenceLoop(model, pool, channel, prefill_chunk=args.prefill_chunk, faults=FaultPlan.from_env())
+    loop.start()
+    info = model.info
+    channel.send(
+        {
+            "kind": "ready",
+            "pid": os.getpid(),
+            "model": {
+                "name": info.name,
+                "path": info.path,
+                "size_bytes": info.size_bytes,
+                "quant_kind": info.quant_kind,
+                "tokenizer_kind": info.tokenizer_kind,
+                "vocab_size": info.vocab_size,
+                "n_ctx_train": info.n_ctx_train,
+                "backend": info.backend,
+                "gpu_layers": info.gpu_layers,
+            },
+            "cpu_extra_buffers": extra.health(),
+            "context_make_ms": pool.last_make_ms,
+        }
+    )
+    try:
+        while True:
+            try:
+                message: Any = channel.recv()
+            except (EOFError, OSError):
+                break  # the front has gone
+            kind = message.get("kind")
+            if kind == "tokenize":
+                channel.send(
+                    {
+                        "kind": "tokens",
+                        "request": message["request"],
+                        "tokens": [model.tokenize(t, add_special=s) for t, s in message["texts"]],
+                    }
+                )
+            elif kind == "run":
+                loop.submit(
+                    Run(
+                        number=message["run"],
+                        job_id=message["job_id"],
+                        prompt_tokens=message["prompt_tokens"],
+                        sampling=Sampling(**message["sampling"]),
+                        flag_address=board.address(message["slot"]),
+                    )
+                )
+            elif kind == "exit":
+                break
+    finally:
+        # The run in progress ends first: the model is never freed under a decode.
+        if loop.close(timeout=30):
+            pool.close()
+            model.close()
+        channel.close()
+    return 0

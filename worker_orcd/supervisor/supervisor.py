@@ -1,0 +1,464 @@
+"""The front's side of the engine: dispatch, the channel's reader, deadlines, supervision.
+
+One dispatcher thread takes jobs from the queue one at a time, binds the job's
+cancel flag to the engine's word on the cancel board and sends the run; a
+reader thread per engine process turns the engine's messages into the job's
+events (`started`, tokens) and its facts. The dispatcher then has
+`jobs.outcomes` decide how the job ends and finishes it. While a job runs, the
+dispatcher also keeps two clocks:
+
+- the inference timeout: past it, the job's flag is raised (reason `timeout`);
+- the hard deadline: a raised flag the engine has not answered with `done`
+  (context freed) within `--cancel-deadline-ms` means the engine is stuck (in a
+  CUDA kernel, in a driver call): the process is killed, and once the OS has
+  reaped it (its memory, VRAM included, is back) the job ends `CANCELLED` with
+  `forced: true`, and a new engine is started.
+
+If the engine process dies on its own, the running job ends at once with
+`ENGINE_FAILED` (retriable), queued jobs wait, and the engine is restarted
+with a growing pause; after `MAX_DEATHS` deaths within `DEATH_WINDOW_SEC` the
+engine is given up: the worker reports not ready with the reason, and every
+waiting and new job gets `ENGINE_UNAVAILABLE`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.config import WorkerConfig
+from worker_orcd.errors import ErrorCode
+from worker_orcd.jobs import events, outcomes
+from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.jobs.events import Event
+from worker_orcd.jobs.job import Job, JobState, Outcome, Phase
+from worker_orcd.jobs.queue import JobQueue
+from worker_orcd.log import log_event
+from worker_orcd.supervisor.engine_process import EngineProcess
+
+SLOT = 0  # one job runs at a time: one word on the board
+MAX_DEATHS = 5
+DEATH_WINDOW_SEC = 60.0
+RESTART_PAUSES_SEC = (0.0, 0.25, 1.0, 2.0, 4.0)  # after the 1st, 2nd, … death in the window
+EXIT_WAIT_SEC = 30.0  # for the engine to end after `exit` (its run, if any, first)
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot take work now: given up after repeated deaths, or shutting down."""
+
+
+class EngineStartFailed(Exception):
+    """The engine's first start failed (the model could not be loaded); the one-line reason."""
+
+
+@dataclass(eq=False)
+class _Engine:
+    process: EngineProcess
+    ready: dict[str, Any] | None = None  # its `ready` message
+    failed: str | None = None  # its `failed` message
+    gone: bool = False
+
+
+@dataclass(eq=False)
+class _Run:
+    number: int
+    job: Job
+    model: str
+    events_sent: int = 0
+    stopped_at: float | None = None
+    facts: outcomes.RunFacts | None = None
+
+
+@dataclass(eq=False)
+class _Request:
+    engine: _Engine
+    done: threading.Event = field(default_factory=threading.Event)
+    tokens: list[list[int]] | None = None
+
+
+class EngineSupervisor:
+    def __init__(self, config: WorkerConfig, queue: JobQueue) -> None:
+        self.config = config
+        self.queue = queue
+        self.board = CancelBoard(1)
+        self.cancel_deadline_sec = config.cancel_deadline_ms / 1000.0
+        self.state = "starting"  # starting | ready | restarting | failed | stopped
+        self.reason: str | None = None  # why the engine was given up
+        self.restarts = 0
+        self.info: dict[str, Any] | None = None  # the first engine's `ready`: model, extra buffers
+        self.active: Job | None = None
+        self._engine: _Engine | None = None
+        self._run: _Run | None = None
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deaths: deque[float] = deque()
+        self._run_numbers = itertools.count(1)
+        self._request_numbers = itertools.count(1)
+        self._requests: dict[int, _Request] = {}
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+
+    # -- start, stop, look ----------------------------------------------------------------
+
+    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Start the engine, wait for its `ready`, then start dispatching.
+
+        Raises EngineStartFailed with the engine's reason if it cannot load the
+        model, or if `stop_requested()` turns true meanwhile (a signal).
+        """
+        engine = self._spawn()
+        with self._cond:
+            while engine.ready is None:
+                if engine.failed is not None or engine.gone or stop_requested():
+                    break
+                self._cond.wait(0.1)
+        if engine.ready is None:
+            if not engine.gone:
+                engine.process.kill()
+            if stop_requested():
+                raise EngineStartFailed("stopped while the engine was starting")
+            raise EngineStartFailed(engine.failed or f"the engine {engine.process.how_it_ended()} while starting")
+        self._dispatcher.start()
+
+    def notify(self, job: Job | None = None) -> None:
+        """A job changed (a cancel was asked for): the dispatcher looks at its clocks again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def engine_pid(self) -> int | None:
+        engine = self._engine
+        return engine.process.pid if engine is not None and not engine.gone else None
+
+    @property
+    def model(self) -> dict[str, Any]:
+        assert self.info is not None, "the engine has not started"
+        return self.info["model"]
+
+    def health(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": self.engine_pid, "restarts": self.restarts, "reason": self.reason}
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the dispatcher (it ends once the queue is closed and its job has ended)."""
+        if not self._dispatcher.is_alive():
+            return True
+        self._dispatcher.join(timeout)
+        return not self._dispatcher.is_alive()
+
+    def close(self) -> None:
+        """End the engine process: `exit` (it finishes a run first, then frees), else SIGKILL."""
+        with self._cond:
+            self._closing = True
+            engine = self._engine
+            self._cond.notify_all()
+        if engine is None or engine.gone:
+            return
+        try:
+            engine.process.channel.send({"kind": "exit"})
+            engine.process.proc.wait(EXIT_WAIT_SEC)
+        except Exception:  # a channel already broken, or an engine that would not go
+            engine.process.kill()
+        with self._cond:
+            self._cond.wait_for(lambda: engine.gone, 5.0)
+            self.state = "stopped"
+
+    # -- tokenizing (the engine has the vocabulary) ---------------------------------------
+
+    def tokenize(self, texts: list[tuple[str, bool]], timeout: float = 30.0) -> list[list[int]]:
+        """Token ids of each (text, add_special); waits for an engine that is restarting."""
+        deadline = time.monotonic() + timeout
+        for _ in range(3):  # an engine that dies under the request: ask its successor
+            with self._cond:
+                engine = self._ready_engine(deadline)
+                number = next(self._request_numbers)
+                request = self._requests[number] = _Request(engine)
+            try:
+                engine.process.channel.send({"kind": "tokenize", "request": number, "texts": texts})
+            except OSError:
+                pass  # it is going: the reader fails the request
+            request.done.wait(max(0.0, deadline - time.monotonic()))
+            with self._cond:
+                self._requests.pop(number, None)
+            if request.tokens is not None:
+                return request.tokens
+            if not engine.gone:
+                break
+        raise EngineUnavailable("the engine did not answer in time")
+
+    def _ready_engine(self, deadline: float) -> _Engine:
+        """Under the lock: the current engine once it is ready."""
+        while True:
+            if self._closing or self.state == "failed":
+                raise EngineUnavailable(self.reason or "the worker is shutting down")
+            engine = self._engine
+            if engine is not None and engine.ready is not None and not engine.gone:
+                return engine
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EngineUnavailable("the engine is restarting; retry shortly")
+            self._cond.wait(left)
+
+    # -- the engine process and its reader ------------------------------------------------
+
+    def _spawn(self) -> _Engine:
+        engine = _Engine(EngineProcess.start(self.config, self.board))
+        with self._cond:
+            self._engine = engine
+        threading.Thread(target=self._read, args=(engine,), name="engine-reader", daemon=True).start()
+        return engine
+
+    def _read(self, engine: _Engine) -> None:
+        channel = engine.process.channel
+        while True:
+            try:
+                message = channel.recv()
+            except (EOFError, OSError):
+                break
+            if isinstance(message, tuple):  # a token: the hot path
+                run = self._run
+                if run is not None and run.number == message[0]:
+                    job = run.job
+                    job.tokens_out = message[1]
+                    text = message[2]
+                    if not run.events_sent:
+                        job.phase = Phase.DECODE  # the prompt is done
+                    job.emit(Event("token", {"t": text, "i": run.events_sent}))
+                    job.append_text(text)
+                    run.events_sent += 1
+                continue
+            self._on_message(engine, message)
+        channel.close()
+        self._on_gone(engine, engine.process.how_it_ended())
+
+    def _on_message(self, engine: _Engine, message: dict[str, Any]) -> None:
+        kind = message["kind"]
+        if kind == "started":
+            run = self._run
+            if run is not None and run.number == message["run"]:
+                job = run.job
+                job.emit(
+                    events.started(
+                        job.job_id,
+                        run.model,
+                        job.started_at or "",
+                        job.sampling.seed,
+                        job.prompt_token_count,
+                        job.correlation_id,
+                    )
+                )
+            return
+        with self._cond:
+            if kind == "tokens":
+                request = self._requests.get(message["request"])
+                if request is not None:
+                    request.tokens = message["tokens"]
+                    request.done.set()
+            elif kind in ("stopped", "done"):
+                run = self._run
+                if run is not None and run.number == message["run"]:
+                    if kind == "stopped":
+                        run.stopped_at = message["at"]
+                    else:
+                        run.facts = outcomes.RunFacts.of(message)
+            elif kind == "ready":
+                engine.ready = message
+                if self.info is None:
+                    self.info = message
+                if engine is self._engine and not self._closing:
+                    self.state = "ready"
+                log_event("engine_ready", pid=message["pid"], context_make_ms=message.get("context_make_ms"))
+            elif kind == "failed":
+                engine.failed = message["message"]
+            self._cond.notify_all()
+
+    def _on_gone(self, engine: _Engine, how: str) -> None:
+        """The engine process has ended (and been reaped): count it, and start the next."""
+        restart_after: float | None = None
+        with self._cond:
+            engine.gone = True
+            for request in [r for r in self._requests.values() if r.engine is engine]:
+                request.done.set()  # no tokens: the caller asks the next engine
+            if self._closing or engine is not self._engine:
+                self._cond.notify_all()
+                return
+            if engine.ready is None and self.info is None:
+                self._cond.notify_all()  # the first start failed: start() reports it
+                return
+            if not engine.process.killed:
+                now = time.monotonic()
+                self._deaths.append(now)
+                while self._deaths and self._deaths[0] < now - DEATH_WINDOW_SEC:
+                    self._deaths.popleft()
+                log_event("engine_died", logging.ERROR, pid=engine.process.pid, how=how, deaths_in_window=len(self._deaths))
+            if len(self._deaths) >= MAX_DEATHS:
+                self.state = "failed"
+                self.reason = (
+                    f"the engine process died {len(self._deaths)} times within {DEATH_WINDOW_SEC:g} s "
+                    f"(last: {how}); restart the worker once the cause is fixed"
+                )
+                log_event("engine_given_up", logging.CRITICAL, reason=self.reason)
+            else:
+                self.state = "restarting"
+                restart_after = 0.0 if engine.process.killed else RESTART_PAUSES_SEC[
+                    min(len(self._deaths), len(RESTART_PAUSES_SEC)) - 1
+                ]
+            self._cond.notify_all()
+        if restart_after is None:
+            self._end_waiting_jobs()
+        else:
+            threading.Thread(target=self._restart, args=(restart_after,), name="engine-restart", daemon=True).start()
+
+    def _restart(self, pause: float) -> None:
+        with self._cond:
+            if self._cond.wait_for(lambda: self._closing, pause):
+                return
+        self.restarts += 1
+        try:
+            self._spawn()
+        except OSError as exc:
+            log_event("engine_start_failed", logging.ERROR, error=str(exc))
+            with self._cond:
+                self.state = "failed"
+                self.reason = f"the engine process could not be started: {exc}"
+                self._cond.notify_all()
+            self._end_waiting_jobs()
+
+    def _end_waiting_jobs(self) -> None:
+        for job in self.queue.drain():
+            job.finish(self._unavailable(), only_from=JobState.QUEUED)
+
+    def _unavailable(self) -> Outcome:
+        return outcomes.failed(ErrorCode.ENGINE_UNAVAILABLE, self.reason or "the engine is unavailable")
+
+    # -- the dispatcher ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while True:
+            job = self.queue.take()
+            if job is None:
+                return
+            # Active from the moment it leaves the queue, so a shutdown finds it.
+            self.active = job
+            try:
+                self._carry(job)
+            except Exception as exc:  # never lose the thread, never leave a job without its end
+                log_event("job_internal_error", job_id=job.job_id, correlation_id=job.correlation_id, error=repr(exc))
+                job.finish(outcomes.failed(ErrorCode.INTERNAL, f"inference failed: {exc}", tokens_out=job.tokens_out))
+            finally:
+                self.active = None
+
+    def _carry(self, job: Job) -> None:
+        with self._cond:
+            while True:  # an engine to run it on; a cancel meanwhile ends the job where it is
+                if job.state.terminal:
+                    return
+                if self.state == "failed" or self._closing:
+                    engine = None
+                    break
+                engine = self._engine
+                if engine is not None and engine.ready is not None and not engine.gone:
+                    break
+                self._cond.wait()
+        if engine is None:
+            job.finish(self._unavailable(), only_from=JobState.QUEUED)
+            return
+        if not job.start():
+            return
+        run = _Run(next(self._run_numbers), job, self.model["name"])
+        flag = job.cancel_flag
+        with self._cond:
+            self._run = run
+        flag.bind(self.board.address(SLOT))
+        try:
+            try:
+                engine.process.channel.send(
+                    {
+                        "kind": "run",
+                        "run": run.number,
+                        "job_id": job.job_id,
+                        "prompt_tokens": job.prompt_tokens,
+                        "sampling": _sampling(job),
+                        "slot": SLOT,
+                    }
+                )
+            except OSError:
+                pass  # the engine is going: its reader reports it
+            outcome = self._await(run, engine)
+        finally:
+            flag.unbind()
+            with self._cond:
+                self._run = None
+        self._finish(job, outcome, run)
+
+    def _await(self, run: _Run, engine: _Engine) -> Outcome:
+        """Wait for the run's facts, the engine's death, or a deadline."""
+        job, flag = run.job, run.job.cancel_flag
+        timeout_at = (job.started_mono or time.perf_counter()) + self.config.inference_timeout_sec
+        with self._cond:
+            while True:
+                if run.facts is not None:
+                    return outcomes.of_run(flag, run.facts)
+                if engine.gone:
+                    return outcomes.engine_failed(tokens_out=job.tokens_out)
+                now = time.perf_counter()
+                if not flag.raised:
+                    if now >= timeout_at:
+                        job.request_cancel(CancelReason.TIMEOUT)  # notifies us through the manager
+                        continue
+                    wake = timeout_at
+                else:
+                    assert flag.raised_at is not None
+                    wake = flag.raised_at + self.cancel_deadline_sec
+                    if now >= wake:
+                        break
+                self._cond.wait(wake - now)
+        # The engine did not confirm the stop in time: it is stuck. Kill it and wait for the
+        # OS to take it back; its reader starts the next engine.
+        log_event("engine_forced", logging.WARNING, job_id=job.job_id, pid=engine.process.pid, deadline_ms=self.config.cancel_deadline_ms)
+        engine.process.kill()
+        return outcomes.cancelled(flag, tokens_out=job.tokens_out, stopped_at=time.perf_counter(), forced=True)
+
+    def _finish(self, job: Job, outcome: Outcome, run: _Run) -> None:
+        phase = "prompt" if job.phase is Phase.PROMPT else "decode"
+        if run.facts is not None:  # the last tokens may have carried no text of their own
+            job.tokens_out = run.facts.tokens_out
+        job.finish(outcome)
+        data = outcome.event.data
+        if outcome.stop_ms is not None:  # a stop at the raised flag
+            fields = {
+                "job_id": job.job_id,
+                "correlation_id": job.correlation_id,
+                "reason": (job.cancel_flag.reason or CancelReason.CLIENT).value,
+                "phase": phase,
+                "stop_ms": outcome.stop_ms,
+            }
+            if outcome.forced:
+                fields["forced"] = True
+            log_event("cancel_ack", **fields)
+            log_event("cancelled", **fields, tokens_out=job.tokens_out, cancel_ms=outcome.cancel_ms)
+        elif outcome.state is JobState.FAILED:
+            log_event(
+                "job_failed",
+                job_id=job.job_id,
+                correlation_id=job.correlation_id,
+                code=data.get("code"),
+                error=data.get("message"),
+            )
+
+
+def _sampling(job: Job) -> dict[str, Any]:
+    s = job.sampling
+    return {
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "repetition_penalty": s.repetition_penalty,
+        "seed": s.seed,
+        "stop": s.stop,
+    }
