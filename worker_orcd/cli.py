@@ -216,7 +216,7 @@ def bind(host: str, port: int) -> socket.socket:
     """Bind before loading the model, so a busy port fails in milliseconds."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
-    # without it a response written in two parts waits for the client's delayed ACK (~40 ms).
+    # without it a response written in two parts waits for the client's delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -76,8 +76,23 @@ class Worker:
     def cancel(self, tenant: str, job_id: str, reason: CancelReason) -> Phase | None:
         return self.manager.cancel(tenant, job_id, reason)
 
+    def cancel_job(self, job: Job, reason: CancelReason) -> Phase:
+        return self.manager.cancel_job(job, reason)
+
     def find(self, tenant: str, job_id: str) -> Job | None:
         return self.manager.find(tenant, job_id)
+
+    def owned_by_other(self, tenant: str, job_id: str) -> bool:
+        """Whether another tenant has a job with this id in memory (for audit logs only)."""
+        return self.manager.registry.owned_by_other(tenant, job_id)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.manager.queue)
+
+    @property
+    def queue_capacity(self) -> int:
+        return self.manager.queue.capacity
 
     @property
     def ready(self) -> bool:
@@ -102,7 +117,7 @@ class Worker:
             "backend": info["backend"],
             "gpu_device": self.config.gpu_device if info["backend"] == "cuda" else None,
             "active_job": active.job_id if active is not None else None,
-            "queue_depth": len(self.manager.queue),
+            "queue_depth": self.queue_depth,
             "cpu_extra_buffers": self.engine.info["cpu_extra_buffers"] if self.engine.info else None,
             "engine": engine,
         }

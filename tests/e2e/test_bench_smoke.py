@@ -68,3 +68,24 @@ def test_floors_report_is_well_formed(tmp_path):
         stops = result["raise_to_return_ms"]
         assert stops["n"] + result["finished_before_raise"] == 4
         assert stops["n"] >= 1  # a prompt batch runs for hundreds of ms: the flag comes up inside it
+
+
+def test_engine_report_is_well_formed(tmp_path):
+    """`python -m bench.engine` at its smallest: the channel, one engine death, one forced cancel."""
+    out = tmp_path / "engine.json"
+    cmd = [sys.executable, "-m", "bench.engine", "--frames", "2000", "--deaths", "1", "--forced", "1"]
+    cmd += ["--worker-arg=--threads", "--worker-arg=1", "--worker-arg=--cancel-deadline-ms", "--worker-arg=500"]
+    cmd += ["--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=CHECKOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu"]
+    channel = report["channel"]
+    assert channel["frames"] == 2000 and channel["send_us_per_token"] > 0 and channel["receive_us_per_token"] > 0
+    death = report["engine_death"]
+    assert death["kill_to_terminal_event_ms"]["n"] == 1 and death["kill_to_next_first_token_ms"]["n"] == 1
+    forced = report["forced_cancel"]
+    assert forced["cancel_deadline_ms"] == 500 and forced["client_ms"]["n"] == 1
+    assert forced["cancel_ms"]["p50"] >= 500  # the deadline passed before the kill
+    # Right after CANCELLED the stuck engine is gone and the new one not yet grown.
+    assert forced["rss_right_after_cancelled_mib"] < forced["rss_idle_mib"]

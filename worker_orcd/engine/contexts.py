@@ -55,8 +55,8 @@ def new_context(model: Model, settings: ContextSettings) -> int:
 
 def _ubatch(model: Model, n_batch: int) -> int:
     """Tokens per graph: on the CPU the abort callback runs between graph nodes, and a
-    node's time grows with this. 128 keeps a cancel during a prompt within a few ms on
-    2 cores (256: up to ~12 ms) for ~3 % of prompt speed. CUDA never calls the callback."""
+    node's time grows with this; a smaller graph stops a prompt sooner for a little prompt
+    speed (bench/RESULTS.md, "What the design choices measured"). CUDA never calls the callback."""
     return n_batch if model.info.backend != "cpu" else min(n_batch, CPU_UBATCH)
 
 

@@ -133,7 +133,7 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
     except QueueFull:
         raise RequestError(
             ErrorCode.WORKER_BUSY,
-            f"the queue is full ({worker.manager.queue.capacity} jobs waiting); retry later",
+            f"the queue is full ({worker.queue_capacity} jobs waiting); retry later",
             headers={"Retry-After": RETRY_AFTER_SEC},
         ) from None
     except QueueClosed:
@@ -155,7 +155,7 @@ async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
         correlation_id=job.correlation_id,
         prompt_tokens=len(prompt_tokens),
         max_tokens=max_tokens,
-        queue_depth=len(worker.manager.queue),
+        queue_depth=worker.queue_depth,
     )
     return job, channel
 
@@ -180,7 +180,7 @@ def cancel_on_disconnect(job: Job, worker: Worker) -> None:
     """A client that leaves its stream cancels its job (once, and only if still needed)."""
     if job.state.terminal or job.cancel_requested:
         return
-    phase = worker.manager.cancel_job(job, CancelReason.DISCONNECT)
+    phase = worker.cancel_job(job, CancelReason.DISCONNECT)
     worker.metrics.cancel_requested(phase)
     log_event(
         "cancel_request",
@@ -202,7 +202,7 @@ async def cancel(request: Request) -> JSONResponse:
     fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
     if job is not None:  # the cancel request has its own id; the job's links the two
         fields["job_correlation_id"] = job.correlation_id
-    if job is None and worker.manager.registry.owned_by_other(tenant, job_id):
+    if job is None and worker.owned_by_other(tenant, job_id):
         # Answered like an unknown job, so ids leak nothing; the operator still sees it.
         log_event("cancel_denied", **fields)
     log_event(

@@ -36,7 +36,6 @@ from worker_orcd.config import WorkerConfig
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs import events, outcomes
 from worker_orcd.jobs.cancel_flag import CancelReason
-from worker_orcd.jobs.events import Event
 from worker_orcd.jobs.job import Job, JobState, Outcome, Phase
 from worker_orcd.jobs.queue import JobQueue
 from worker_orcd.log import log_event
@@ -227,7 +226,7 @@ class EngineSupervisor:
                     text = message[2]
                     if not run.events_sent:
                         job.phase = Phase.DECODE  # the prompt is done
-                    job.emit(Event("token", {"t": text, "i": run.events_sent}))
+                    job.emit(events.token(text, run.events_sent))
                     job.append_text(text)
                     run.events_sent += 1
                 continue
