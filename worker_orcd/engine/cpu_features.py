@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from worker_orcd.engine import gguf
+from worker_orcd.engine.parent import die_with_parent
 
 MODES = ("auto", "on", "off")
 CACHE_FILE = "cpu-extra-buffers.json"
@@ -428,14 +429,7 @@ def _guard_child(parent: int | None) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
+    die_with_parent()
     if parent is not None and os.getppid() != parent:
         sys.exit(3)  # the parent is gone already
 

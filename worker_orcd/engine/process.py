@@ -25,6 +25,7 @@ from typing import Any
 
 from worker_orcd import log
 from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.engine.parent import die_with_parent
 from worker_orcd.wire import Channel
 
 ENGINE_NICE = 5  # below the front: the event loop gets a core at once
@@ -51,14 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _detach_from_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
+    die_with_parent()
 
 
 def _lower_priority() -> None:
