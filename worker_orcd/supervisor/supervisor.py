@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from worker_orcd.cancel_board import CancelBoard
@@ -381,7 +381,7 @@ class EngineSupervisor:
                         "run": run.number,
                         "job_id": job.job_id,
                         "prompt_tokens": job.prompt_tokens,
-                        "sampling": _sampling(job),
+                        "sampling": asdict(job.sampling),
                         "slot": SLOT,
                     }
                 )
@@ -449,15 +449,3 @@ class EngineSupervisor:
                 error=data.get("message"),
             )
 
-
-def _sampling(job: Job) -> dict[str, Any]:
-    s = job.sampling
-    return {
-        "max_tokens": s.max_tokens,
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "top_k": s.top_k,
-        "repetition_penalty": s.repetition_penalty,
-        "seed": s.seed,
-        "stop": s.stop,
-    }
