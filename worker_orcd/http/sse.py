@@ -1,7 +1,7 @@
-"""Events → Server-Sent Events, and the hand-over from the inference thread.
+"""Events → Server-Sent Events, and the hand-over from the engine's side.
 
-The inference thread never touches HTTP: it puts events into an EventChannel,
-which wakes the event loop only when the stream is waiting. The stream sends
+The channel's reader and the dispatcher never touch HTTP: they put events into
+an EventChannel, which wakes the event loop only when the stream is waiting. The stream sends
 everything that has piled up in one write.
 """
 

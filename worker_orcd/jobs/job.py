@@ -101,7 +101,7 @@ class Job:
     def __post_init__(self) -> None:
         self.prompt_token_count = len(self.prompt_tokens)
 
-    # -- what the inference thread calls ------------------------------------------------
+    # -- what the dispatcher calls -----------------------------------------------------
 
     def start(self) -> bool:
         """queued → running; False when the job ended while it waited."""
@@ -148,7 +148,7 @@ class Job:
         """Enter a terminal state and emit its event; only the first call wins.
 
         `only_from` makes the call lose unless the job is in that state, so a
-        queued job's cancel cannot end a job the inference thread just started.
+        queued job's cancel cannot end a job the dispatcher just started.
         """
         with self._lock:
             if self.state.terminal or (only_from is not None and self.state is not only_from):

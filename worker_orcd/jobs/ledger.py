@@ -2,8 +2,8 @@
 
 A row is written at each state change (queued, running, cancel requested,
 terminal). The thread that changes a job only snapshots it into a queue; one
-writer thread commits the snapshots in order, in batches, so neither the event
-loop nor the inference thread ever waits for the disk. WAL mode with
+writer thread commits the snapshots in order, in batches, so no thread on a
+job's path (event loop, dispatcher, channel reader) waits for the disk. WAL mode with
 synchronous=NORMAL survives a killed process (not a power cut) and lets readers
 run beside the writer.
 

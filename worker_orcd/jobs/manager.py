@@ -2,7 +2,7 @@
 
 Cancel is idempotent and never waits: it raises the job's flag and returns. A
 job still in the queue is ended here at once (it never runs); a running job is
-ended by the inference thread, which sees the flag. A cancel for an id not yet
+ended by the dispatcher once the engine has seen the flag. A cancel for an id not yet
 known is kept for a while (`EarlyCancels`): the job, if it comes, ends at once.
 A tenant may hold at most `max_jobs_per_tenant` queued and running jobs.
 """

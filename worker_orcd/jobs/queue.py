@@ -1,4 +1,4 @@
-"""The bounded queue of jobs waiting for the inference thread.
+"""The bounded queue of jobs waiting for the engine (taken by the dispatcher).
 
 Tenants are served in turn: each tenant with waiting jobs has its own FIFO, and
 `take` goes round the tenants, one job each, so a tenant that queues many jobs
