@@ -5,8 +5,8 @@
 One worker (started here, default flags) and, when the `peer` extra is
 installed, llama-cpp-python's server on the same model and settings; the bare
 loop runs in this process. Everything is started once per session. The
-baselines take the worker's extra-CPU-buffers setting from its /health, and the
-saved machine info says what it was.
+baselines take the worker's extra-CPU-buffers setting, prompt chunk and offload
+from its /health, and the saved machine info says what they were.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bench.harness import extra_buffers, processes
 from bench.harness.bare import BareLoop
 from bench.harness.cli import CLIENT_GIL_SWITCH_SEC
 from bench.harness.peer_client import PeerClient
-from bench.harness.settings import BenchSettings, worker_settings
+from bench.harness.settings import BenchSettings, WorkerSettings, running, worker_settings
 from bench.harness.sides import bare_side, client_side
 from bench.harness.worker_client import WorkerClient
 from worker_orcd.config import default_model_path
@@ -78,9 +78,20 @@ def worker_proc(scratch):
 
 
 @pytest.fixture(scope="session")
-def cpu_extra_buffers(worker_proc) -> bool:
+def worker_health(worker_proc) -> dict:
+    return httpx.get(worker_proc.url + "/health", timeout=10).json()
+
+
+@pytest.fixture(scope="session")
+def run_settings(worker_health) -> WorkerSettings:
+    """The worker's chunk (auto: what it measured) and offload: the baselines use the same."""
+    return running(SETTINGS, worker_health)
+
+
+@pytest.fixture(scope="session")
+def cpu_extra_buffers(worker_health) -> bool:
     """Whether the worker uses the engine's extra CPU buffer types; the baselines do the same."""
-    EXTRA_BUFFERS.update(extra_buffers.of_worker(httpx.get(worker_proc.url + "/health", timeout=10).json()))
+    EXTRA_BUFFERS.update(extra_buffers.of_worker(worker_health))
     return bool(EXTRA_BUFFERS["enabled"])
 
 
@@ -98,12 +109,14 @@ def worker(worker_proc) -> WorkerClient:
 
 
 @pytest.fixture(scope="session")
-def peer(scratch, model, cpu_extra_buffers) -> PeerClient:
+def peer(scratch, model, cpu_extra_buffers, run_settings) -> PeerClient:
     if not processes.peer_available():
         pytest.skip("llama-cpp-python's server is not installed: pip install 'worker-orcd[peer]'")
-    s = SETTINGS
+    s = run_settings
     server = processes.peer_server(
-        processes.PeerSettings(model, s.n_ctx, s.threads, s.prefill_chunk, 0, s.gpu_device, cpu_extra_buffers),
+        processes.PeerSettings(
+            model, s.n_ctx, s.threads, s.prefill_chunk, s.gpu_layers, s.gpu_device or 0, cpu_extra_buffers
+        ),
         scratch,
     ).start()
     client = PeerClient(server.url)
@@ -117,13 +130,13 @@ BARE_THREADS = tuple(sorted({1, SETTINGS.threads}))
 
 
 @pytest.fixture(scope="session")
-def bare(model, cpu_extra_buffers) -> BareLoop:
+def bare(model, cpu_extra_buffers, run_settings) -> BareLoop:
     loop = BareLoop(
         model,
-        n_ctx=SETTINGS.n_ctx,
-        n_batch=SETTINGS.prefill_chunk,
-        gpu_layers=0,
-        gpu_device=0,
+        n_ctx=run_settings.n_ctx,
+        n_batch=run_settings.prefill_chunk,
+        gpu_layers=run_settings.gpu_layers,
+        gpu_device=run_settings.gpu_device or 0,
         extra_buffers=cpu_extra_buffers,
     )
     loop.warm_up(BARE_THREADS)

@@ -40,9 +40,10 @@ from typing import Any, Callable
 
 import httpx
 
-from bench.harness.background import events_of
 from bench.harness.processes import scratch_dir, worker_server
 from bench.harness.rss import rss_bytes
+from worker_orcd.client import Client as WorkerApi
+from worker_orcd.client import IncompleteStream, WorkerError
 
 SCENARIOS = (
     "complete",  # read to the end
@@ -264,11 +265,17 @@ def classify(run: JobRun) -> str:
 
 
 class Client:
-    """One simulated client: its own connections for the stream and for cancels."""
+    """One simulated client: its own connections for the stream and for cancels.
+
+    Streams go through the package's client (worker_orcd.client). Cancels and GET /jobs
+    stay plain requests: the soak checks the answers themselves (a cancel's 202 and its
+    body, WO-CANCEL-1), where the package's client takes any 2xx.
+    """
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.stream_http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT, headers=headers)
         self.http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT, headers=headers)
+        self.api = WorkerApi(http_client=self.stream_http)
 
     def close(self) -> None:
         self.stream_http.close()
@@ -313,14 +320,18 @@ class Client:
         run = JobRun(job_id, scenario, self.body(job_id, rng))
         k = rng.randint(0, 8)  # tokens before a cancel or a hang-up
         timers: list[threading.Thread] = []
+        body = dict(run.body)
+        # Hang-ups must stay hang-ups (WO-CANCEL-7): leaving the stream sends no cancel.
+        stream = self.api.stream(body.pop("prompt"), cancel_on_exit=False, **body)
         try:
-            with self.stream_http.stream("POST", "/execute", json=run.body) as response:
-                run.status = response.status_code
-                if response.status_code != 200:
-                    run.problem(
-                        "http", f"execute answered {response.status_code} {response.read()[:200]!r}"
-                    )
-                    return run
+            try:
+                stream.open()
+            except WorkerError as exc:
+                run.status = exc.status
+                run.problem("http", f"execute answered {exc.status} {exc.code}: {exc.message[:200]}")
+                return run
+            with stream:
+                run.status = stream.response.status_code
                 if scenario == "cancel_repeat":
                     timers += [
                         self.cancel_later(run, rng.uniform(0.0, 0.2))
@@ -331,7 +342,7 @@ class Client:
                 if scenario == "disconnect" and k == 0:
                     run.disconnected = True
                     return run  # leaving the block closes the connection
-                for event in events_of(response):
+                for event in stream.sse_events():  # raw events: the contract's data as sent
                     name = event.name
                     run.events.append((name, event.data))
                     if name == "started" and scenario == "cancel_delay":
@@ -343,6 +354,8 @@ class Client:
                         elif scenario == "disconnect":
                             run.disconnected = True
                             return run
+        except IncompleteStream:
+            pass  # no terminal event: stream_problems reports it
         except httpx.HTTPError as exc:
             run.problem("http", f"HTTP error: {exc!r}")
             return run

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from bench.conftest import DEFAULTS, SETTINGS, settle
+from bench.conftest import DEFAULTS, settle
 from bench.harness import prompts
 from bench.harness.memory import MemoryProbe
 from bench.harness.overhead import OverheadBench, OverheadSettings
@@ -14,13 +14,13 @@ from bench.harness.stats import summary
 
 
 @pytest.fixture(scope="module")
-def engine(model, cpu_extra_buffers):
+def engine(model, cpu_extra_buffers, run_settings):
     bench = OverheadBench(
         OverheadSettings(
             model=model,
-            n_ctx=SETTINGS.n_ctx,
-            n_threads=SETTINGS.threads,
-            prefill_chunk=SETTINGS.prefill_chunk,
+            n_ctx=run_settings.n_ctx,
+            n_threads=run_settings.threads,
+            prefill_chunk=run_settings.prefill_chunk,
             gpu_device=None,
             tokens=DEFAULTS.overhead_tokens,
             rounds=DEFAULTS.overhead_rounds,

@@ -57,14 +57,6 @@ void orcd_hang_in_c(void) {
     }
 }
 
-/* llama_log_callback: the worker writes JSON log lines only, so llama.cpp's
- * free-text lines are dropped here rather than crossing into Python. */
-void orcd_log_discard(int level, const char *text, void *user_data) {
-    (void)level;
-    (void)text;
-    (void)user_data;
-}
-
 /* A module with no Python-level functions: it exists so that the package's own
  * install compiles this file; Python reaches the symbols above through ctypes. */
 static struct PyModuleDef orcd_native_module = {

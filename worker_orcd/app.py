@@ -12,9 +12,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable
+from worker_orcd.http.console_page import CONSOLE_ROUTES
 from worker_orcd.http.correlation import CorrelationIdMiddleware
 from worker_orcd.http.errors import EXCEPTION_HANDLERS
 from worker_orcd.http.limits import RequestLimitsMiddleware
+from worker_orcd.http.openai import OPENAI_ROUTES
 from worker_orcd.http.origin import BrowserGuardMiddleware, HostRule, OriginRule
 from worker_orcd.http.routes import ROUTES
 from worker_orcd.worker import Worker
@@ -23,7 +25,7 @@ from worker_orcd.worker import Worker
 def create_app(worker: Worker) -> Starlette:
     config = worker.config
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *CONSOLE_ROUTES, *OPENAI_ROUTES],
         middleware=[
             Middleware(CorrelationIdMiddleware),
             Middleware(

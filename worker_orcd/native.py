@@ -41,7 +41,3 @@ def abort_callback_address() -> int:
     """Address of `bool orcd_abort_callback(void *flag)`, for llama_set_abort_callback."""
     return ctypes.cast(library().orcd_abort_callback, ctypes.c_void_p).value or 0
 
-
-def log_discard_address() -> int:
-    """Address of a C log callback that drops llama.cpp's own log lines."""
-    return ctypes.cast(library().orcd_log_discard, ctypes.c_void_p).value or 0

@@ -41,7 +41,7 @@ class Worker:
         self.engine = EngineSupervisor(config, self.manager.queue)
         self.manager.add_listener(self.ledger.record)
         self.manager.add_listener(self.engine.notify)  # a cancel starts the engine's hard deadline
-        self.vram = VramMonitor(NvmlProbe(None))
+        self.vram = VramMonitor(NvmlProbe.disabled("not a CUDA device"))
         self.metrics = WorkerMetrics(self._gauges)
         self.manager.add_finish_listener(self.metrics.job_finished)
         self.started = time.monotonic()
@@ -52,8 +52,15 @@ class Worker:
     def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Start the engine (raises EngineStartFailed) and the VRAM readings."""
         self.engine.start(stop_requested)
-        if self.engine.model["backend"] == "cuda":
-            self.vram = VramMonitor(NvmlProbe(self.config.gpu_device), pid=lambda: self.engine.engine_pid)
+        gpu = self.engine.info.get("gpu") if self.engine.info else None
+        if gpu is not None and gpu["backend"] == "cuda":  # NVML knows NVIDIA's devices only
+            # By the bus id the engine's device has: NVML's indices are not CUDA's.
+            probe = (
+                NvmlProbe(pci_bus_id=gpu["pci_bus_id"])
+                if gpu.get("pci_bus_id")
+                else NvmlProbe(self.config.gpu_device)
+            )
+            self.vram = VramMonitor(probe, pid=lambda: self.engine.engine_pid)
         self.vram.start()
 
     # -- the facade the routes use ----------------------------------------------------------
@@ -102,25 +109,40 @@ class Worker:
     def health(self) -> dict[str, Any]:
         """Cached state only: never waits for the engine or the GPU."""
         info = self.engine.model
+        ready = self.engine.info or {}
         active = self.engine.active
         engine = self.engine.health()
+        vram = self.vram.latest  # one sample: the figure and its scope agree
         return {
             "status": "healthy" if self.accepting and engine["state"] != "failed" else "unhealthy",
             "model": info["name"],
             "resident": engine["state"] == "ready",
             "quant_kind": info["quant_kind"],
-            "vram_bytes_used": self.vram.used_bytes(),
+            "vram_bytes_used": vram.reported_bytes if vram is not None else None,
+            "vram_scope": vram.scope if vram is not None else None,
             "tokenizer_kind": info["tokenizer_kind"],
             "vocab_size": info["vocab_size"],
             "context_length": self.config.n_ctx,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "backend": info["backend"],
-            "gpu_device": self.config.gpu_device if info["backend"] == "cuda" else None,
+            "gpu_device": self.config.gpu_device if info["backend"] != "cpu" else None,
+            "gpu": self._gpu(ready.get("gpu")),
+            "prefill_chunk": ready.get("prefill_chunk"),
+            "spare_context": ready.get("spare_context"),
+            "flash_attn": ready.get("flash_attn"),
             "active_job": active.job_id if active is not None else None,
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": self.engine.info["cpu_extra_buffers"] if self.engine.info else None,
             "engine": engine,
         }
+
+    def _gpu(self, device: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The engine's GPU as ggml names it, and how NVML found it (or why not)."""
+        if device is None:
+            return None
+        probe = self.vram.probe
+        nvml = {"available": probe.available, "matched_by": probe.matched_by, "reason": probe.reason}
+        return {**device, "nvml": nvml}
 
     def drain(self, grace_sec: float) -> None:
         """Stop taking jobs and end every job with a terminal event.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import httpx
 
@@ -30,14 +30,16 @@ class BackgroundEvents:
     The stamp includes waiting for the GIL: keep the process's switch interval short.
     """
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, source: httpx.Response | Iterable[SseEvent]) -> None:
+        """`source`: a streamed response, or the events of one (a worker_orcd.client Stream's)."""
+        events = events_of(source) if isinstance(source, httpx.Response) else source
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._read, args=(response,), name="sse-reader", daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(events,), name="sse-reader", daemon=True)
         self._thread.start()
 
-    def _read(self, response: httpx.Response) -> None:
+    def _read(self, events: Iterable[SseEvent]) -> None:
         try:
-            for event in events_of(response):
+            for event in events:
                 self._queue.put(event)
         except Exception as exc:  # the stream failed, or was closed under it
             self._queue.put(exc)

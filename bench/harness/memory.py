@@ -1,7 +1,8 @@
 """Scenario 7: the worker's resident memory (and VRAM) before, during and after a job, and over many cycles.
 
 RSS needs the worker's pid (a worker this command started, or `--worker-pid`) and
-counts its child processes too; VRAM comes from NVML, for that pid, when a GPU and
+counts its child processes too; VRAM comes from NVML, for the engine process (a
+child of that pid) on the worker's GPU, found by its PCI bus id, when a GPU and
 the library are there.
 """
 
@@ -10,15 +11,17 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from bench.harness.rss import rss_bytes
+from bench.harness.rss import descendants, rss_bytes
 from bench.harness.worker_client import WorkerClient
 from worker_orcd.gpu.nvml import NvmlProbe
 
 
 class MemoryProbe:
-    def __init__(self, pid: int | None, gpu_device: int | None) -> None:
+    def __init__(self, pid: int | None, gpu_device: int | None, *, pci_bus_id: str | None = None) -> None:
         self.pid = pid
-        self.nvml = NvmlProbe(gpu_device) if gpu_device is not None and pid is not None else None
+        self.nvml = None
+        if gpu_device is not None and pid is not None:
+            self.nvml = NvmlProbe(pci_bus_id=pci_bus_id) if pci_bus_id else NvmlProbe(gpu_device)
 
     def sample(self) -> dict[str, int | None]:
         rss = None
@@ -28,9 +31,12 @@ class MemoryProbe:
             except OSError:
                 rss = None
         vram = None
-        if self.nvml is not None and self.nvml.available:
-            s = self.nvml.sample(self.pid)
-            vram = s.process_bytes if s is not None else None
+        if self.nvml is not None and self.nvml.available and self.pid is not None:
+            for pid in (self.pid, *descendants(self.pid)):  # the engine holds the model
+                s = self.nvml.sample(pid)
+                if s is not None and s.scope == "process":
+                    vram = s.process_bytes
+                    break
         return {"rss_bytes": rss, "vram_bytes": vram}
 
 

@@ -14,7 +14,7 @@ from bench.harness.peer_client import PeerClient
 from bench.harness.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
 from bench.harness.quiet import QuietGuard
 from bench.harness.rss import descendants
-from bench.harness.settings import BenchSettings, WorkerSettings, worker_settings
+from bench.harness.settings import BenchSettings, WorkerSettings, running, worker_settings
 from bench.harness.sides import Side, bare_side, client_side
 from bench.harness.worker_client import WorkerClient
 from worker_orcd.config import default_model_path
@@ -59,7 +59,8 @@ class Rig:
         self.client = WorkerClient(url, api_token=s.api_token)
         stack.callback(self.client.close)
         self.health: dict[str, Any] = self.client.health()
-        self.gpu = self.health.get("backend") == "cuda"
+        self.worker = running(self.worker, self.health)  # the chunk it chose, its offload
+        self.gpu = self.worker.gpu_device is not None
         # The baselines follow the worker's extra-CPU-buffers setting, whoever decided it.
         self.cpu_extra_buffers = extra_buffers.of_worker(self.health)
         if "cpu_extra_buffers" not in self.health:
@@ -80,7 +81,7 @@ class Rig:
                 n_ctx=w.n_ctx,
                 n_batch=w.prefill_chunk,
                 gpu_layers=self.gpu_layers,
-                gpu_device=w.gpu_device,
+                gpu_device=w.gpu_device or 0,
                 extra_buffers=extra_on,
             )
             stack.callback(self.bare.close)
@@ -90,7 +91,7 @@ class Rig:
                 progress("starting llama-cpp-python's server")
                 peer = peer_server(
                     PeerSettings(
-                        self.model, w.n_ctx, w.threads, w.prefill_chunk, self.gpu_layers, w.gpu_device, extra_on
+                        self.model, w.n_ctx, w.threads, w.prefill_chunk, self.gpu_layers, w.gpu_device or 0, extra_on
                     ),
                     scratch,
                 ).start()
@@ -108,7 +109,7 @@ class Rig:
 
     @property
     def gpu_layers(self) -> int:
-        return -1 if self.gpu else 0
+        return self.worker.gpu_layers
 
     @property
     def bare_threads(self) -> tuple[int, ...]:

@@ -12,7 +12,6 @@ from bench.harness.rig import Rig
 from bench.harness.scenarios import RUNNERS
 from bench.harness.settings import SCENARIOS, BenchSettings
 from bench.harness.targets import check
-from worker_orcd.gpu.nvml import NvmlProbe
 
 SCHEMA = "worker-orcd-bench/1"
 Progress = Callable[[str], None]
@@ -42,8 +41,8 @@ def run(settings: BenchSettings, progress: Progress = lambda _: None) -> dict[st
 
 
 def _header(rig: Rig) -> dict[str, Any]:
-    s, h = rig.settings, rig.health
-    gpu_name = NvmlProbe(rig.worker.gpu_device).name if rig.gpu else None
+    h = rig.health
+    gpu_name = (h.get("gpu") or {}).get("description") if rig.gpu else None
     return {
         "schema": SCHEMA,
         "machine": machine.describe(gpu_name, cpu_extra_buffers=rig.cpu_extra_buffers),

@@ -124,7 +124,9 @@ def resident_memory(rig: Rig, guard: QuietGuard | None, progress: Progress) -> d
     s = rig.settings
     if rig.pid is None:
         rig.notes.append("no worker pid (--worker-pid): no resident-memory figures")
-    probe = memory.MemoryProbe(rig.pid, rig.worker.gpu_device if rig.gpu else None)
+    probe = memory.MemoryProbe(
+        rig.pid, rig.worker.gpu_device if rig.gpu else None, pci_bus_id=(rig.health.get("gpu") or {}).get("pci_bus_id")
+    )
     return memory.run(
         rig.client,
         probe,

@@ -70,8 +70,24 @@ class WorkerSettings:
 
     n_ctx: int
     threads: int
-    prefill_chunk: int
-    gpu_device: int
+    prefill_chunk: int | None  # None: auto, measured by the worker at start (see `running`)
+    gpu_device: int | None  # None: the CPU
+
+    @property
+    def gpu_layers(self) -> int:
+        """The worker's offload, for the baselines: every layer, or none."""
+        return -1 if self.gpu_device is not None else 0
+
+
+FALLBACK_CHUNK = 256  # for a worker that does not report its chunk
+
+
+def running(flags: WorkerSettings, health: dict) -> WorkerSettings:
+    """What the worker really runs with, from its /health: the chunk it chose, and a GPU
+    only where its engine runs on one (a CPU build ignores --gpu-device)."""
+    chunk = (health.get("prefill_chunk") or {}).get("tokens") or flags.prefill_chunk or FALLBACK_CHUNK
+    on_gpu = health.get("backend", "cpu") != "cpu"
+    return replace(flags, prefill_chunk=chunk, gpu_device=health.get("gpu_device") if on_gpu else None)
 
 
 def worker_settings(worker_args: tuple[str, ...]) -> WorkerSettings:

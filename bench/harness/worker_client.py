@@ -1,10 +1,13 @@
 """The worker's side of every scenario, over one pooled HTTP client.
 
 One `httpx.Client` is reused for the whole run: a new client (and connection)
-costs about 20 ms, which would swamp the figures measured here. A stream and a
-cancel in flight together use two pooled connections; the stream of a job to
-be cancelled is read on a thread, so `CANCELLED` is stamped when it arrives
-even if that is before the cancel's own 202 has been read.
+costs about 20 ms, which would swamp the figures measured here. Streams and
+cancels go through the package's client (`worker_orcd.client.Client`) on that
+pooled client; streams are read as its raw SSE events (no typed event is built:
+tokens are only counted and stamped). A stream and a cancel in flight together
+use two pooled connections; the stream of a job to be cancelled is read on a
+thread, so `CANCELLED` is stamped when it arrives even if that is before the
+cancel's own 202 has been read.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any, Callable
 
 import httpx
 
-from bench.harness.background import BackgroundEvents, events_of
+from bench.harness.background import BackgroundEvents
 from bench.harness.runs import CancelRun, StreamRun
+from worker_orcd.client import Client, Stream
 from worker_orcd.client.sse import SseEvent
 
 TERMINAL = ("end", "error")
@@ -33,6 +37,8 @@ class WorkerClient:
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_keepalive_connections=4),
         )
+        # No cancel is sent again after a connection error: it would blur the figure it is part of.
+        self.api = Client(http_client=self.http, cancel_retries=0)
         # Job ids stay unique on a long-lived worker whose ledger remembers old ones.
         self._prefix = f"bench-{os.getpid()}-{int(time.time())}"
         self._ids = itertools.count()
@@ -41,9 +47,7 @@ class WorkerClient:
         self.http.close()
 
     def health(self) -> dict[str, Any]:
-        response = self.http.get("/health")
-        response.raise_for_status()
-        return response.json()
+        return self.api.health()
 
     def warm_up(self) -> None:
         """Open the pooled connections a stream and a cancel need; run a job (the first is slow)."""
@@ -53,15 +57,14 @@ class WorkerClient:
     def new_job_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    def _body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
-        return {"job_id": self.new_job_id(), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
+    def _stream(self, prompt: str, max_tokens: int) -> Stream:
+        return self.api.stream(prompt, job_id=self.new_job_id(), max_tokens=max_tokens, temperature=0.0)
 
     def stream(self, prompt: str, max_tokens: int) -> StreamRun:
         """One job read to its end; a job that fails is an error, not a figure."""
         run = StreamRun(sent_at=time.perf_counter())
-        with self.http.stream("POST", "/execute", json=self._body(prompt, max_tokens)) as response:
-            _check(response)
-            for event in events_of(response):
+        with self._stream(prompt, max_tokens) as stream:
+            for event in stream.sse_events():
                 if event.name == "token":
                     run.token_times.append(event.at)
                 elif event.name in TERMINAL:
@@ -77,17 +80,11 @@ class WorkerClient:
 
     def open_job(self, prompt: str, max_tokens: int) -> "OpenJob":
         """Send a job and return with its stream open (headers read, events not yet)."""
-        body = self._body(prompt, max_tokens)
-        request = self.http.build_request("POST", "/execute", json=body)
+        stream = self._stream(prompt, max_tokens)
         sent = time.perf_counter()
-        response = self.http.send(request, stream=True)
-        try:
-            _check(response)
-        except BaseException:
-            response.close()
-            raise
+        stream.open()  # an HTTP error is raised (WorkerError), nothing left open
         # Read on a thread: CANCELLED is stamped when it arrives, not after the 202 is read.
-        return OpenJob(body["job_id"], sent, response, BackgroundEvents(response))
+        return OpenJob(stream.job_id, sent, stream, BackgroundEvents(stream.sse_events()))
 
     def read_tokens(self, job: "OpenJob", count: int) -> None:
         """Read events until `count` token events have arrived."""
@@ -105,9 +102,8 @@ class WorkerClient:
         """POST /cancel for an open job and read its stream to CANCELLED."""
         try:
             t_sent = time.perf_counter()
-            ack = self.http.post("/cancel", json={"job_id": job.job_id})
+            self.api.cancel(job.job_id)  # raises for an HTTP error
             t_ack = time.perf_counter()
-            ack.raise_for_status()
             before, after = job.seen, 0
             terminal: SseEvent | None = None
             for event in job.events:
@@ -172,19 +168,19 @@ class OpenJob:
 
     job_id: str
     sent_at: float
-    response: httpx.Response
+    stream: Stream
     events: BackgroundEvents
     seen: int = 0  # token events read so far
 
+    @property
+    def response(self) -> httpx.Response:
+        return self.stream.response
+
     def close(self) -> None:
-        self.response.close()
+        """Close the stream; a job left before its terminal event is cancelled first."""
+        self.stream.close()
         self.events.join(5.0)
 
 
 _WARM_PROMPT = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
 
-
-def _check(response: httpx.Response) -> None:
-    if response.status_code != 200:
-        response.read()
-        raise RuntimeError(f"POST /execute answered {response.status_code}: {response.text}")

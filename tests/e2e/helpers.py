@@ -5,16 +5,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Union
 
 import httpx
 
-from tests.support import CHAT, LONG_PROMPT, SseEvent, WorkerProcess, iter_events, wait_until
+from tests.support import CHAT, LONG_PROMPT, SseEvent, WorkerProcess, wait_until
+from worker_orcd.client import Client, IncompleteStream, StreamEvent, WorkerError
 
 SHORT_PROMPT = CHAT.format("What is the capital of France?")
 # Answered greedily with "The capital of France is Paris." and EOS.
 SHORT_ANSWER = "The capital of France is Paris."
 CORRELATION_HEADER = "X-Correlation-Id"
+AnyEvent = Union[SseEvent, StreamEvent]  # both have name, data and at
 
 
 def uid(prefix: str) -> str:
@@ -28,7 +30,8 @@ def long_prompt_job(job_id: str, **extra: Any) -> dict[str, Any]:
 
 
 class StreamThread:
-    """POST /execute on its own thread and connection, collecting the events as they come."""
+    """POST /execute on its own thread and connection, through worker_orcd.client, collecting
+    the typed events as they come (each has `name`, `data` and `at`, as a raw SSE event)."""
 
     def __init__(
         self,
@@ -36,17 +39,17 @@ class StreamThread:
         body: dict[str, Any],
         *,
         headers: dict[str, str] | None = None,
-        on_event: Callable[["StreamThread", SseEvent], None] | None = None,
+        on_event: Callable[["StreamThread", StreamEvent], None] | None = None,
     ) -> None:
         self.worker = worker
         self.body = body
         self.job_id = body.get("job_id")
         self.headers = headers
         self.on_event = on_event
-        self.events: list[SseEvent] = []
+        self.events: list[StreamEvent] = []
         self.status: int | None = None
         self.response_headers: httpx.Headers | None = None
-        self.error_body: Any = None
+        self.error: WorkerError | None = None  # the worker's answer when it was not 200
         self.exception: BaseException | None = None
         self.opened = threading.Event()  # response headers received
         self.done = threading.Event()
@@ -58,21 +61,31 @@ class StreamThread:
         return self
 
     def _run(self) -> None:
+        body = dict(self.body)
+        prompt = body.pop("prompt")
         try:
-            with self.worker.client() as client:
-                with client.stream("POST", "/execute", json=self.body, headers=self.headers) as r:
-                    self.status = r.status_code
-                    self.response_headers = r.headers
+            with self.worker.client() as http:
+                api = Client(http_client=http)
+                # The tests send their cancels themselves; a stream that breaks off only hangs up.
+                stream = api.stream(prompt, headers=self.headers, cancel_on_exit=False, **body)
+                self.job_id = stream.job_id
+                try:
+                    stream.open()
+                except WorkerError as exc:
+                    self.status, self.error = exc.status, exc
+                    return
+                with stream:
+                    self.status = stream.response.status_code
+                    self.response_headers = stream.response.headers
                     self.opened.set()
-                    if r.status_code != 200:
-                        self.error_body = r.read()
-                        return
-                    for event in iter_events(r):
+                    for event in stream:
                         with self._cond:
                             self.events.append(event)
                             self._cond.notify_all()
                         if self.on_event is not None:
                             self.on_event(self, event)
+        except IncompleteStream:
+            pass  # a stream cut without its terminal event: the tests look at `events`
         except BaseException as exc:  # reported by join()
             self.exception = exc
         finally:
@@ -81,7 +94,7 @@ class StreamThread:
                 self.done.set()
                 self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[SseEvent]], bool], timeout: float = 30.0) -> None:
+    def wait_for(self, predicate: Callable[[list[StreamEvent]], bool], timeout: float = 30.0) -> None:
         with self._cond:
             ok = self._cond.wait_for(lambda: predicate(self.events) or self.done.is_set(), timeout)
             assert ok and predicate(self.events), (
@@ -91,7 +104,7 @@ class StreamThread:
     def wait_tokens(self, n: int, timeout: float = 30.0) -> None:
         self.wait_for(lambda evs: sum(e.name == "token" for e in evs) >= n, timeout)
 
-    def join(self, timeout: float = 60.0) -> list[SseEvent]:
+    def join(self, timeout: float = 60.0) -> list[StreamEvent]:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"stream {self.job_id} did not end within {timeout}s"
         if self.exception is not None:
@@ -100,7 +113,8 @@ class StreamThread:
 
 
 def cancel(client: httpx.Client, job_id: str, **kwargs: Any) -> httpx.Response:
-    """POST /cancel, which always answers 202 for a well-formed body."""
+    """POST /cancel, which always answers 202 for a well-formed body. A plain request, not
+    the package's client: this checks the answer itself (the client takes any 2xx)."""
     r = client.post("/cancel", json={"job_id": job_id}, **kwargs)
     assert r.status_code == 202, r.text
     assert r.json() == {"status": "cancelling", "job_id": job_id}
@@ -144,7 +158,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return error
 
 
-def terminal(events: list[SseEvent]) -> SseEvent:
+def terminal(events: Sequence[AnyEvent]) -> AnyEvent:
     """The one terminal event, which must be the last."""
     ends = [e for e in events if e.name in ("end", "error")]
     assert len(ends) == 1, [e.name for e in events]
@@ -152,7 +166,7 @@ def terminal(events: list[SseEvent]) -> SseEvent:
     return ends[0]
 
 
-def assert_well_formed(events: list[SseEvent]) -> None:
+def assert_well_formed(events: Sequence[AnyEvent]) -> None:
     """`started`, tokens indexed 0.. without gaps, one terminal event last (section 3)."""
     assert events and events[0].name == "started", [e.name for e in events]
     terminal(events)

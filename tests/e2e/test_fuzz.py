@@ -14,6 +14,7 @@ short inference timeout bounds anything that still runs long.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -276,6 +277,130 @@ def test_fuzz_openapi(case, fuzz_worker):
     fuzz(case, fuzz_worker)
 
 
+@api_schema.include(method="GET", path="/").parametrize()
+@FUZZ
+def test_fuzz_console(case, fuzz_worker):
+    fuzz(case, fuzz_worker)
+
+
+@api_schema.include(method="GET", path="/console/{asset}").parametrize()
+@FUZZ
+def test_fuzz_console_asset(case, fuzz_worker):
+    fuzz(case, fuzz_worker)
+
+
+# -- the OpenAI-compatible API (WO-OAI-*): its own error shape, its own streams ------------
+
+MODEL_NAMES: dict[str, str] = {}  # worker url → the model it serves
+FUZZ_IDS = itertools.count()
+
+
+def _loaded_model(worker: WorkerProcess) -> str:
+    if worker.url not in MODEL_NAMES:
+        MODEL_NAMES[worker.url] = httpx.get(f"{worker.url}/health", timeout=30).json()["model"]
+    return MODEL_NAMES[worker.url]
+
+
+def _prepare_openai_case(case: schemathesis.Case, model: str) -> None:
+    """Most cases name the loaded model (a generated name is a 404), and no case asks for
+    more than a few tokens; an invalid value stays as it is, so a negative case stays negative."""
+    given = (case.headers or {}).get("X-Request-Id")
+    n = next(FUZZ_IDS)
+    if isinstance(given, str) and CORRELATION_ID.fullmatch(given) and n % 8:
+        case.headers["X-Request-Id"] = f"{given[:96]}-{n}"  # most ids new, some taken (409)
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    name = body.get("model")
+    if isinstance(name, str) and len(name) % 4 != 1:
+        body["model"] = model
+    capped = False
+    for field in ("max_tokens", "max_completion_tokens"):
+        v = body.get(field)
+        if type(v) is int and 1 <= v <= 2048:
+            body[field] = min(v, MAX_FUZZ_TOKENS)
+            capped = True
+    if not capped and body.get("max_tokens") is None:
+        body["max_tokens"] = MAX_FUZZ_TOKENS
+
+
+def check_openai_contract(case: schemathesis.Case, response) -> None:
+    """The OpenAI routes' rules (WO-OAI-5..10), independent of the document."""
+    if not 200 <= response.status_code < 300:
+        error = json.loads(response.content).get("error")
+        if isinstance(error, dict) and "type" in error:  # the routes' own errors: OpenAI's shape
+            assert response.status_code < 500, response.content[:2000]
+            assert json.loads(response.content) == {"error": error}
+            assert set(error) == {"message", "type", "param", "code"}, error
+            assert isinstance(error["message"], str) and error["message"], error
+            if response.status_code in (400, 404, 409):
+                assert error["type"] == "invalid_request_error", error
+            if response.status_code == 404:
+                assert error["code"] == "model_not_found" and error["param"] == "model", error
+            if response.status_code == 503:
+                assert _header(response, "Retry-After") is not None
+        else:  # refused before the route (size limits, unknown methods): section 10's shape
+            check_contract(case, response)
+        return
+    check_contract(case, response)  # the correlation id
+    if case.operation.path == "/v1/models":
+        return
+    content_type = _header(response, "Content-Type") or ""
+    if content_type.startswith("text/event-stream"):
+        check_openai_stream(response.content, chat=case.operation.path == "/v1/chat/completions")
+    else:
+        usage = json.loads(response.content)["usage"]
+        assert usage["completion_tokens"] <= MAX_FUZZ_TOKENS, usage
+
+
+def check_openai_stream(content: bytes, *, chat: bool) -> None:
+    """Chunks of one id, one finish reason, the usage chunk after it; `[DONE]` last, or an
+    error instead (WO-OAI-6, WO-OAI-8)."""
+    payloads = [
+        line[len("data: ") :] for line in content.decode("utf-8").split("\n") if line.startswith("data: ")
+    ]
+    assert payloads, content
+    last = payloads[-1]
+    if last != "[DONE]":
+        assert set(json.loads(last)) == {"error"}, last
+        payloads = payloads + ["[DONE]"]  # checked like a finished stream up to its error
+    assert "[DONE]" not in payloads[:-1], payloads
+    chunks = [json.loads(p) for p in payloads[:-1] if not p.startswith('{"error"')]
+    assert len({c["id"] for c in chunks}) <= 1, chunks
+    finishes = [i for i, c in enumerate(chunks) if c["choices"] and c["choices"][0]["finish_reason"]]
+    if last == "[DONE]":
+        assert len(finishes) == 1, chunks
+        rest = chunks[finishes[0] + 1 :]
+        assert all(c["choices"] == [] and c["usage"]["completion_tokens"] <= MAX_FUZZ_TOKENS for c in rest), rest
+    if chat and chunks:
+        assert chunks[0]["choices"][0]["delta"].get("role") == "assistant", chunks[0]
+
+
+def fuzz_openai(case: schemathesis.Case, worker: WorkerProcess) -> None:
+    _prepare_openai_case(case, _loaded_model(worker))
+    response = case.call(base_url=worker.url)
+    case.validate_response(response, checks=CHECKS)
+    check_openai_contract(case, response)
+
+
+@api_schema.include(method="POST", path="/v1/chat/completions").parametrize()
+@FUZZ
+def test_fuzz_openai_chat(case, fuzz_worker):
+    fuzz_openai(case, fuzz_worker)
+
+
+@api_schema.include(method="POST", path="/v1/completions").parametrize()
+@FUZZ
+def test_fuzz_openai_completions(case, fuzz_worker):
+    fuzz_openai(case, fuzz_worker)
+
+
+@api_schema.include(method="GET", path="/v1/models").parametrize()
+@FUZZ
+def test_fuzz_openai_models(case, fuzz_worker):
+    fuzz_openai(case, fuzz_worker)
+
+
 def test_every_operation_but_shutdown_is_fuzzed():
     # A new endpoint in the document must get its own test above.
     fuzzed = {
@@ -286,6 +411,11 @@ def test_every_operation_but_shutdown_is_fuzzed():
         "GET /health",
         "GET /metrics",
         "GET /openapi.json",
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "GET /v1/models",
+        "GET /",
+        "GET /console/{asset}",
     }
     documented = {op.ok().label for op in api_schema.get_all_operations()}
     assert documented - fuzzed == {"POST /shutdown"}
@@ -300,6 +430,7 @@ DOCUMENTED_PATHS = [
     "/metrics",
     "/openapi.json",
     "/shutdown",
+    "/console",
 ]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Any text, percent-encoded as a client would send it.
@@ -379,6 +510,9 @@ UNAUTHENTICATED = [
     ("GET", "/jobs", {}),
     ("GET", "/metrics", {}),
     ("GET", "/openapi.json", {}),
+    ("POST", "/v1/chat/completions", {"body": {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}}),
+    ("POST", "/v1/completions", {"body": {"model": "m", "prompt": "Hi"}}),
+    ("GET", "/v1/models", {}),
     ("POST", "/shutdown", {}),  # refused, so the worker stays up
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import llama_cpp
 import pytest
 
 from tests.e2e.helpers import StreamThread, cancel, job_of, long_prompt_job, terminal, uid, wait_active
@@ -28,6 +29,11 @@ HEALTH_FIELDS = {
     "engine",
     "ready",
     "cpu_extra_buffers",
+    "vram_scope",
+    "gpu",
+    "prefill_chunk",
+    "spare_context",
+    "flash_attn",
 }
 
 
@@ -40,8 +46,17 @@ def test_health_fields(client, worker):
     assert h["model"].endswith(".gguf") and h["quant_kind"]
     assert h["tokenizer_kind"] == "gpt2" and h["vocab_size"] == 49152
     assert h["context_length"] == 4096  # the worker's --n-ctx
-    # WO-HEALTH-2: no GPU here, so no GPU figures, and no crash.
-    assert h["backend"] == "cpu" and h["gpu_device"] is None and h["vram_bytes_used"] is None
+    # WO-HEALTH-2, WO-GPU-2: the backend the engine runs on; on the CPU no GPU figures.
+    if h["backend"] == "cpu":
+        assert h["gpu"] is None and h["gpu_device"] is None
+        assert h["vram_bytes_used"] is None and h["vram_scope"] is None
+    else:  # a GPU build on a machine with a GPU: every layer on --gpu-device (0)
+        assert h["gpu_device"] == 0 and h["gpu"]["backend"] == h["backend"]
+    if not llama_cpp.llama_supports_gpu_offload():
+        assert h["backend"] == "cpu"
+    assert h["prefill_chunk"]["mode"] == "auto" and h["prefill_chunk"]["tokens"] >= 16  # WO-GPU-7
+    assert h["spare_context"]["mode"] == "auto" and h["spare_context"]["enabled"] is True  # WO-GPU-4
+    assert h["flash_attn"] == "auto"  # WO-GPU-6
     assert h["active_job"] is None and h["queue_depth"] == 0
     assert h["busy"] is False and h["ready"] is True
     # WO-ENGINE-1: the model lives in the engine process, a child of the worker.

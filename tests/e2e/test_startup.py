@@ -1,7 +1,9 @@
-"""Start-up failures (WO-START-1): exit status 1 and one line on stderr, fast."""
+"""Start-up failures (WO-START-1): exit status 1 and the reason in one last line on stderr,
+fast; anything before it is a JSON log line (llama.cpp's own errors, WO-GPU-5)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -22,11 +24,13 @@ def _serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def _assert_one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> str:
     assert result.returncode == 1, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
+    *logged, reason = result.stderr.splitlines()
+    assert reason.startswith("worker-orcd: "), result.stderr
+    for line in logged:
+        assert json.loads(line)["event"] == "llama_log", line
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+        assert needle in reason, reason
+    return reason
 
 
 def test_missing_model_file(tmp_path):
@@ -45,6 +49,17 @@ def test_invalid_model_file(tmp_path, content):
     bad.write_bytes(content)
     result = _serve(tmp_path, "--model", str(bad), "--port", str(free_port()))
     _assert_one_line_failure(result, str(bad))
+
+
+def test_the_reason_llama_cpp_gives_is_in_the_line_and_the_log(tmp_path):
+    """WO-GPU-5: a model llama.cpp refuses says why, in the last line and as JSON log lines."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    result = _serve(tmp_path, "--model", str(bad), "--port", str(free_port()))
+    reason = _assert_one_line_failure(result, "could not load the model", "number of tensors")
+    errors = [json.loads(line) for line in result.stderr.splitlines()[:-1]]
+    assert errors and all(e["level"] == "error" and e["source"] == "llama.cpp" for e in errors)
+    assert errors[0]["message"] in reason
 
 
 def test_model_path_is_a_directory(tmp_path):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import threading
+from types import SimpleNamespace
 
 import pytest
 
-from worker_orcd.engine import contexts
+from worker_orcd.engine import contexts, devices
 from worker_orcd.engine.contexts import ContextPool, ContextSettings
+
+CPU_MODEL = SimpleNamespace(device=None)
+SETTINGS = ContextSettings(n_ctx=64, n_batch=16, n_threads=1)
 
 
 class FakeEngine:
@@ -45,7 +49,7 @@ def engine(monkeypatch):
 
 @pytest.fixture
 def pool(engine):
-    p = ContextPool(model=None, settings=ContextSettings(n_ctx=64, n_batch=16, n_threads=1))
+    p = ContextPool(model=CPU_MODEL, settings=SETTINGS)
     yield p
     engine.allow.release(10)  # let a helper that is still making one finish
     p.close()
@@ -104,3 +108,53 @@ def test_take_without_refill_leaves_the_spare_to_refill(pool, engine):
     engine.allow.release()
     assert pool.take() == 2
     assert engine.made == [1, 2]
+
+
+def test_without_a_spare_each_job_makes_its_own(engine):
+    """--spare-context off: the context that measured the cost is freed; the idle
+    footprint is the model alone, and a job's context is made when it is taken."""
+    p = ContextPool(model=CPU_MODEL, settings=SETTINGS, spare="off")
+    try:
+        assert engine.made == [1] and engine.freed == [1]
+        assert not p.spare.enabled and p.spare.reason == "flag"
+        engine.allow.release()
+        assert p.take() == 2
+        p.refill()  # nothing to refill
+        assert engine.made == [1, 2]
+    finally:
+        p.close()
+    assert engine.freed == [1]
+
+
+def test_auto_keeps_the_spare_on_the_cpu(engine):
+    p = ContextPool(model=CPU_MODEL, settings=SETTINGS, spare="auto")
+    try:
+        assert p.spare.enabled and p.spare.memory == "ram" and engine.freed == []
+    finally:
+        p.close()
+
+
+def test_unknown_spare_mode_is_refused(engine):
+    with pytest.raises(ValueError):
+        ContextPool(model=CPU_MODEL, settings=SETTINGS, spare="maybe")
+
+
+GPU = devices.Device(0, "cuda", "CUDA0", "GPU", "0000:01:00.0", 80 << 30, handle=1)
+
+
+@pytest.mark.parametrize(
+    "free, keep",
+    [(64 << 30, True), (8 << 30, True), (7 << 30, False)],
+)
+def test_auto_on_a_gpu_keeps_the_spare_only_when_it_is_small(monkeypatch, free, keep):
+    """A 1 GiB context is kept while it is at most an eighth of the GPU's free memory."""
+    monkeypatch.setattr(devices, "free_memory", lambda device: free)
+    cost = contexts._decide_spare("auto", 1 << 30, SimpleNamespace(device=GPU))
+    assert cost.enabled is keep and cost.memory == "vram" and cost.bytes == 1 << 30
+
+
+def test_on_and_off_are_obeyed_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "free_memory", lambda device: 1)
+    model = SimpleNamespace(device=GPU)
+    assert contexts._decide_spare("on", 1 << 30, model).enabled
+    assert not contexts._decide_spare("off", 1, model).enabled

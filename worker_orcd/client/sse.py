@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Iterator
 
 _UNREAD = object()
+_NONE: tuple = ()
 
 
 class SseEvent:
@@ -40,6 +41,45 @@ class SseEvent:
         return f"SseEvent({self.name!r}, {self.raw!r}, at={self.at:.6f})"
 
 
+class SseParser:
+    """iter_events a chunk at a time, for readers that cannot hand over an iterable
+    (async ones); the same rules."""
+
+    __slots__ = ("_buf", "_boundary", "_line_end")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._boundary = b""  # the blank line between events, once the stream's line end is known
+        self._line_end = "\n"
+
+    def feed(self, chunk: bytes) -> list[SseEvent] | tuple:
+        """The events this chunk completes (often none), stamped now."""
+        at = time.perf_counter()
+        buf = self._buf + chunk if self._buf else chunk
+        boundary = self._boundary
+        if not boundary:
+            lf = buf.find(b"\n")
+            if lf < 0:
+                self._buf = buf
+                return _NONE
+            self._line_end = "\r\n" if lf and buf[lf - 1] == 13 else "\n"  # 13: CR
+            self._boundary = boundary = (self._line_end * 2).encode()
+        end = buf.find(boundary)
+        if end < 0:
+            self._buf = buf
+            return _NONE
+        line_end, step, start = self._line_end, len(boundary), 0
+        found = []
+        while end >= 0:
+            event = _event(buf[start:end], line_end, at)
+            if event is not None:
+                found.append(event)
+            start = end + step
+            end = buf.find(boundary, start)
+        self._buf = buf[start:]
+        return found
+
+
 def iter_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
     """The events of an SSE byte stream, in order.
 
@@ -48,6 +88,9 @@ def iter_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
     Comments (`: ping`) and blocks without data are skipped, `id:` and `retry:`
     ignored; several `data:` lines make one event's data, joined with LF. An event
     the stream ends in the middle of is dropped, as the SSE spec says.
+
+    A plain loop over local names: SseParser does the same a chunk at a time for
+    async readers, at some cost per event that this path does not pay.
     """
     clock = time.perf_counter
     buf = b""
@@ -73,6 +116,14 @@ def iter_events(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
                 yield event
         if start:
             buf = buf[start:]
+
+
+async def aiter_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[SseEvent]:
+    """iter_events for an async byte stream."""
+    feed = SseParser().feed
+    async for chunk in chunks:
+        for event in feed(chunk):
+            yield event
 
 
 def _event(block: bytes, line_end: str, at: float) -> SseEvent | None:

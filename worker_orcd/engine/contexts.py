@@ -1,28 +1,40 @@
-"""Per-job llama contexts, with one spare always made in advance.
+"""Per-job llama contexts, with one spare made in advance where memory allows.
 
 A job's KV cache and compute buffers belong to it alone: it gets a fresh
 context and the context is freed (`llama_free`, which returns the buffers)
 before the job's terminal event. Making a context costs tens of milliseconds
 (more with a larger n_ctx), so a helper thread keeps one spare ready: the next
 job takes it at once and the helper makes the one after while that job runs.
-At rest the worker holds the model plus one unused context; that is the idle
-baseline every job returns to.
+The spare costs a second KV cache and compute buffers, which on a GPU may be
+memory a larger n_ctx or model needs: `--spare-context off` makes each job's
+context when the job starts, and `auto` keeps the spare unless it would take
+more than an eighth of the GPU's free memory. At rest the worker holds the
+model plus the spare, if any; that is the idle baseline every job returns to.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import llama_cpp
 
+from worker_orcd.engine import devices, llama_log
 from worker_orcd.engine.model import Model
 from worker_orcd.log import log_event
 
 CANCEL_POLL_SEC = 0.002  # how often a job waiting for the spare context looks at its cancel flag
 CPU_UBATCH = 128  # most prompt tokens per graph on the CPU (see _ubatch)
+SPARE_SHARE_OF_FREE_VRAM = 1 / 8  # auto keeps the spare when it costs at most this
+FLASH_ATTN = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+SPARE_MODES = ("auto", "on", "off")
 
 
 class ContextUnavailable(Exception):
@@ -35,6 +47,7 @@ class ContextSettings:
     n_batch: int  # the prefill chunk: most tokens per llama_decode call
     n_threads: int
     offload_kqv: bool = True
+    flash_attn: str = "auto"  # auto | on | off
 
 
 def new_context(model: Model, settings: ContextSettings) -> int:
@@ -47,9 +60,14 @@ def new_context(model: Model, settings: ContextSettings) -> int:
     params.n_threads_batch = settings.n_threads
     params.offload_kqv = settings.offload_kqv
     params.no_perf = False
+    params.flash_attn_type = FLASH_ATTN[settings.flash_attn]
+    errors = llama_log.error_count()
     ctx = llama_cpp.llama_init_from_model(model.ptr, params)
     if not ctx:
-        raise ContextUnavailable(f"llama.cpp could not create a context of n_ctx={settings.n_ctx}")
+        reason = llama_log.errors_during(errors)
+        raise ContextUnavailable(
+            f"llama.cpp could not create a context of n_ctx={settings.n_ctx}" + (f" ({reason})" if reason else "")
+        )
     return ctx
 
 
@@ -64,8 +82,24 @@ def free_context(ctx: int) -> None:
     llama_cpp.llama_free(ctx)
 
 
+@dataclass(frozen=True, slots=True)
+class SpareCost:
+    """What the spare context costs, measured when the first context was made."""
+
+    mode: str  # auto | on | off
+    enabled: bool
+    bytes: int | None  # the growth of the memory it lives in when one context was made
+    memory: str  # "vram" (the GPU's, as its backend reports free memory) | "ram" (resident)
+    reason: str
+
+    def health(self) -> dict[str, Any]:
+        return {"mode": self.mode, "enabled": self.enabled, "bytes": self.bytes, "memory": self.memory, "reason": self.reason}
+
+
 class ContextPool:
-    def __init__(self, model: Model, settings: ContextSettings) -> None:
+    def __init__(self, model: Model, settings: ContextSettings, spare: str = "on") -> None:
+        if spare not in SPARE_MODES:
+            raise ValueError(f"spare context: expected one of {', '.join(SPARE_MODES)}, got {spare!r}")
         self._model = model
         self.settings = settings
         self._cond = threading.Condition()
@@ -73,9 +107,16 @@ class ContextPool:
         self._want_spare = False
         self._closed = False
         self.last_make_ms: float | None = None
-        self._spare = self._make()  # the idle baseline includes one spare
-        self._helper = threading.Thread(target=self._refill, name="context-spare", daemon=True)
-        self._helper.start()
+        # The first context is made either way: it tells what one costs.
+        ctx, cost = self._measured_make()
+        self.spare = _decide_spare(spare, cost, model)
+        self._helper: threading.Thread | None = None
+        if self.spare.enabled:
+            self._spare = ctx  # the idle baseline includes one spare
+            self._helper = threading.Thread(target=self._refill, name="context-spare", daemon=True)
+            self._helper.start()
+        else:
+            free_context(ctx)
 
     def take(self, cancelled: Callable[[], bool] | None = None, *, refill: bool = True) -> int | None:
         """A fresh context for one job; waits only if the spare is still being made.
@@ -86,6 +127,8 @@ class ContextPool:
         With `refill=False` the next spare is not started yet: the caller asks
         for it with `refill()` once the job can spare the CPU.
         """
+        if not self.spare.enabled:
+            return self._make()
         with self._cond:
             while self._spare is None and self._want_spare and not self._closed:
                 if cancelled is not None and cancelled():
@@ -100,7 +143,9 @@ class ContextPool:
         return ctx
 
     def refill(self) -> None:
-        """Start making the next spare, unless one is ready or on its way."""
+        """Start making the next spare, unless one is ready or on its way (or there is none)."""
+        if not self.spare.enabled:
+            return
         with self._cond:
             if self._spare is None and not self._want_spare and not self._closed:
                 self._want_spare = True
@@ -114,7 +159,8 @@ class ContextPool:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._helper.join(timeout=10)
+        if self._helper is not None:
+            self._helper.join(timeout=10)
         with self._cond:
             spare, self._spare = self._spare, None
         if spare is not None:
@@ -125,6 +171,12 @@ class ContextPool:
         ctx = new_context(self._model, self.settings)
         self.last_make_ms = round((time.perf_counter() - t0) * 1000.0, 3)
         return ctx
+
+    def _measured_make(self) -> tuple[int, int | None]:
+        before = _memory_in_use(self._model)
+        ctx = self._make()
+        after = _memory_in_use(self._model)
+        return ctx, (after - before if before is not None and after is not None else None)
 
     def _refill(self) -> None:
         while True:
@@ -146,3 +198,35 @@ class ContextPool:
                     return
                 self._spare = ctx
                 self._cond.notify_all()
+
+
+def _memory_in_use(model: Model) -> int | None:
+    """Bytes in use where a context's buffers go: the GPU's (total − free, as its backend
+    says) or this process's resident memory."""
+    if model.device is not None:
+        try:
+            return model.device.memory_total_bytes - devices.free_memory(model.device)
+        except Exception:  # a backend that cannot say: the cost is unknown, not fatal
+            return None
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _decide_spare(mode: str, cost: int | None, model: Model) -> SpareCost:
+    memory = "vram" if model.device is not None else "ram"
+    if mode != "auto":
+        return SpareCost(mode, mode == "on", cost, memory, "flag")
+    if model.device is None:
+        return SpareCost(mode, True, cost, memory, "on the CPU: a context is small beside the machine's memory")
+    if cost is None:
+        return SpareCost(mode, True, cost, memory, "its cost could not be measured")
+    try:
+        free = devices.free_memory(model.device)
+    except Exception:
+        return SpareCost(mode, True, cost, memory, "the GPU's free memory could not be read")
+    if cost <= free * SPARE_SHARE_OF_FREE_VRAM:
+        return SpareCost(mode, True, cost, memory, "at most an eighth of the GPU's free memory")
+    return SpareCost(mode, False, cost, memory, f"more than an eighth of the GPU's free memory ({free} bytes)")

@@ -169,9 +169,12 @@ def decide(
 
 
 def _offloads(gpu_device: int | None) -> bool:
-    import llama_cpp
+    from worker_orcd.engine import devices
 
-    return gpu_device is not None and bool(llama_cpp.llama_supports_gpu_offload())
+    try:
+        return devices.pick(gpu_device) is not None
+    except devices.NoSuchDevice:  # the model load says so, with the devices there are
+        return False
 
 
 # -- the cache --------------------------------------------------------------------------

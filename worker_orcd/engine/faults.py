@@ -6,7 +6,10 @@ the prefix meets the fault:
 - `context=<prefix>`: its context cannot be made;
 - `hang=<prefix>`: after its 3rd token the engine calls into C and never
   returns, deaf to the cancel word (a wedged kernel or driver call): only the
-  front's hard deadline, which kills the engine process, ends the job.
+  front's hard deadline, which kills the engine process, ends the job;
+- `abort=<prefix>`: after its 3rd token the engine does what ggml does on a
+  CUDA error: logs `CUDA error: injected fault` through ggml's log and calls
+  `ggml_abort`, which writes to standard error and kills the process (SIGABRT).
 `cpu_probe=sigill` or `cpu_probe=hang`: the child that checks the engine's extra
 CPU buffer types (engine.cpu_features) kills itself with SIGILL, or never
 finishes, just before its decode: what a CPU that advertises instructions it
@@ -26,7 +29,7 @@ FAILING_DECODE_CALL = 3
 DECODE_FAILURE_STATUS = -3  # what llama_decode returns when the compute fails
 HANG_AFTER_TOKENS = 3
 CPU_PROBE_FAULTS = ("sigill", "hang")
-_JOB_FAULTS = ("decode", "context", "hang")
+_JOB_FAULTS = ("decode", "context", "hang", "abort")
 
 Decode = Callable[..., int]
 
@@ -36,6 +39,7 @@ class FaultPlan:
     decode_prefix: str | None = None
     context_prefix: str | None = None
     hang_prefix: str | None = None
+    abort_prefix: str | None = None
     cpu_probe: str | None = None  # sigill | hang
 
     @classmethod
@@ -49,7 +53,7 @@ class FaultPlan:
                 continue
             if not sep or kind not in _JOB_FAULTS or not arg:
                 raise ValueError(
-                    f"{ENV_VAR}: expected decode=<prefix>, context=<prefix>, hang=<prefix> or "
+                    f"{ENV_VAR}: expected decode=<prefix>, context=<prefix>, hang=<prefix>, abort=<prefix> or "
                     f"cpu_probe={'|'.join(CPU_PROBE_FAULTS)}, got {entry!r}"
                 )
             fields[f"{kind}_prefix"] = arg
@@ -57,15 +61,21 @@ class FaultPlan:
 
     def __bool__(self) -> bool:
         return any(
-            v is not None for v in (self.decode_prefix, self.context_prefix, self.hang_prefix, self.cpu_probe)
+            v is not None
+            for v in (self.decode_prefix, self.context_prefix, self.hang_prefix, self.abort_prefix, self.cpu_probe)
         )
 
     def context_fails(self, job_id: str) -> bool:
         return _meets(self.context_prefix, job_id)
 
-    def hang_at(self, job_id: str) -> int:
-        """After how many tokens the run hangs in C; 0: never."""
-        return HANG_AFTER_TOKENS if _meets(self.hang_prefix, job_id) else 0
+    def token_fault(self, job_id: str) -> tuple[int, Callable[[], None]]:
+        """After how many tokens (0: never) the run meets which fault: a hang in C, or
+        the engine's death as ggml aborts."""
+        if _meets(self.hang_prefix, job_id):
+            return HANG_AFTER_TOKENS, _hang_in_c
+        if _meets(self.abort_prefix, job_id):
+            return HANG_AFTER_TOKENS, abort_like_ggml
+        return 0, _never
 
     def decode_for(self, job_id: str, decode: Decode) -> Decode:
         if not _meets(self.decode_prefix, job_id):
@@ -84,3 +94,22 @@ class FaultPlan:
 
 def _meets(prefix: str | None, job_id: str) -> bool:
     return prefix is not None and job_id.startswith(prefix)
+
+
+def _never() -> None:
+    pass
+
+
+def _hang_in_c() -> None:
+    from worker_orcd import native
+
+    native.library().orcd_hang_in_c()
+
+
+def abort_like_ggml() -> None:
+    """What ggml does on a CUDA error: an error line through its log, then ggml_abort."""
+    from llama_cpp import _ggml
+
+    lib = _ggml.libggml
+    lib.ggml_log_internal(4, b"CUDA error: injected fault\n")  # GGML_LOG_LEVEL_ERROR
+    lib.ggml_abort(b"faults.py", 1, b"CUDA error")

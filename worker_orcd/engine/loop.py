@@ -37,6 +37,7 @@ from worker_orcd.log import log_event
 from worker_orcd.wire import Channel
 
 DECODE_ABORTED = 2  # llama_decode's return value when the abort callback fired
+SHORT_PROMPT_TOKENS = 256  # a prompt this short is most of its job's time to first token
 _TOKEN_SIZE = ctypes.sizeof(llama_cpp.llama_token)
 _TOKEN_P = ctypes.POINTER(llama_cpp.llama_token)
 
@@ -164,11 +165,11 @@ class InferenceLoop:
         """Whether the next spare context may be made while this run's prompt is evaluated.
 
         On the CPU, making a context takes a core from the prompt's evaluation,
-        and for a one-chunk prompt that is the job's whole time to first token:
-        its spare is made after the first token instead. A longer prompt absorbs
-        it, and a prompt evaluated on a GPU does not need the CPU.
+        and for a short prompt that is the job's whole time to first token: its
+        spare is made after the first token instead. A longer prompt absorbs it,
+        and a prompt evaluated on a GPU does not need the CPU.
         """
-        return self.model.info.backend != "cpu" or len(run.prompt_tokens) > self.prefill_chunk
+        return self.model.info.backend != "cpu" or len(run.prompt_tokens) > SHORT_PROMPT_TOKENS
 
     # -- generation: the hot path ----------------------------------------------------------
 
@@ -197,7 +198,7 @@ class InferenceLoop:
         send_token = self.channel.send_token
         number = run.number
         max_tokens = run.sampling.max_tokens
-        hang_at = self.faults.hang_at(run.job_id)
+        fault_at, fault = self.faults.token_fault(run.job_id)
         current = (llama_cpp.llama_token * 1)()
         next_batch = batch_get_one(current, 1)
         n_out = 0
@@ -224,8 +225,8 @@ class InferenceLoop:
             if n_out >= max_tokens:
                 reason = "max_tokens"
                 break
-            if n_out == hang_at:  # tests only: stuck in C, deaf to the word
-                native.library().orcd_hang_in_c()
+            if n_out == fault_at:  # tests only: stuck in C deaf to the word, or dead as on a CUDA error
+                fault()
             current[0] = token
             rc = decode(ctx, next_batch)
             if rc != 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from worker_orcd import native
+from worker_orcd.engine import devices, llama_log
 from worker_orcd.engine.gguf import ModelLoadError, check_model_file
 
 _backend_lock = threading.Lock()
@@ -29,41 +29,52 @@ class ModelInfo:
     tokenizer_kind: str
     vocab_size: int
     n_ctx_train: int
-    backend: str  # "cuda" when layers are offloaded, else "cpu"
+    backend: str  # what runs it: "cpu", or the GPU's backend ("cuda", "metal", "vulkan", …)
     gpu_layers: int
+    chat_template: str | None  # the GGUF's `tokenizer.chat_template` (Jinja2), if it has one
 
 
 def init_backend() -> None:
-    """Initialise llama.cpp once per process and silence its free-text logging."""
+    """Initialise llama.cpp once per process, its log lines going to the JSON log."""
     global _backend_ready
     with _backend_lock:
         if _backend_ready:
             return
         llama_cpp.llama_backend_init()
-        llama_cpp.llama_log_set(llama_cpp.llama_log_callback(native.log_discard_address()), None)
+        llama_log.install()
         _backend_ready = True
 
 
 class Model:
     def __init__(self, path: Path, *, gpu_device: int | None = 0, extra_buffers: bool = True) -> None:
-        """`extra_buffers`: whether the CPU backend may repack weights into its extra
-        buffer types (AMX, CPU_REPACK); engine.cpu_features decides it for the worker."""
+        """`gpu_device`: which of this build's GPUs gets every layer (None: the CPU, also
+        on a GPU build); a CPU build runs on the CPU whatever it says. `extra_buffers`:
+        whether the CPU backend may repack weights into its extra buffer types (AMX,
+        CPU_REPACK); engine.cpu_features decides it for the worker."""
         path = Path(path)
         check_model_file(path)
         init_backend()
+        try:
+            self.device = devices.pick(gpu_device)
+        except devices.NoSuchDevice as exc:
+            raise ModelLoadError(str(exc)) from exc
         params = llama_cpp.llama_model_default_params()
         params.use_extra_bufts = extra_buffers
         self.extra_buffers = extra_buffers
-        offload = gpu_device is not None and bool(llama_cpp.llama_supports_gpu_offload())
-        if offload:
+        # Exactly the chosen device, or none: llama.cpp otherwise takes every GPU it sees.
+        self._devices = devices.device_list(self.device)
+        params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
+        if self.device is not None:
             params.n_gpu_layers = -1  # every layer in VRAM
-            params.main_gpu = gpu_device
+            params.main_gpu = 0  # the first (only) entry of `devices`
             params.split_mode = llama_cpp.LLAMA_SPLIT_MODE_NONE
         else:
             params.n_gpu_layers = 0
+        errors = llama_log.error_count()
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
-            raise ModelLoadError(f"llama.cpp could not load the model: {path}")
+            reason = llama_log.errors_during(errors)
+            raise ModelLoadError(f"llama.cpp could not load the model: {path}" + (f" ({reason})" if reason else ""))
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         is_eog = llama_cpp.llama_vocab_is_eog
@@ -78,8 +89,9 @@ class Model:
             tokenizer_kind=self._meta("tokenizer.ggml.model") or "unknown",
             vocab_size=self.n_vocab,
             n_ctx_train=llama_cpp.llama_model_n_ctx_train(self.ptr),
-            backend="cuda" if offload else "cpu",
-            gpu_layers=llama_cpp.llama_model_n_layer(self.ptr) if offload else 0,
+            backend=self.device.backend if self.device is not None else "cpu",
+            gpu_layers=llama_cpp.llama_model_n_layer(self.ptr) if self.device is not None else 0,
+            chat_template=self._meta("tokenizer.chat_template"),
         )
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -119,6 +131,9 @@ class Model:
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)
         n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n >= len(buf):  # the value's length, without the terminator: read it whole
+            buf = ctypes.create_string_buffer(n + 1)
+            n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def _quant_kind(self) -> str:

@@ -17,6 +17,7 @@ dies, so does the engine (parent-death signal, and the channel's end).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -40,12 +41,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--gpu-device", type=int, default=None)
     p.add_argument("--n-ctx", type=int, required=True)
-    p.add_argument("--prefill-chunk", type=int, required=True)
+    p.add_argument("--prefill-chunk", default="auto", help="auto or a number of tokens")
+    p.add_argument("--stop-budget-ms", type=float, default=20.0)
+    p.add_argument("--spare-context", default="auto")
+    p.add_argument("--flash-attn", default="auto")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--cpu-extra-buffers", default="auto")
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--worker-id", default="")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-fd", type=int, default=None, help="where JSON log lines go (default: stderr)")
     return p.parse_args(argv)
 
 
@@ -69,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     _detach_from_signals()
     _lower_priority()
     sys.setswitchinterval(GIL_SWITCH_SEC)
-    log.configure(args.worker_id, args.log_level)
+    log.configure(
+        args.worker_id, args.log_level, os.fdopen(args.log_fd, "w", buffering=1) if args.log_fd is not None else None
+    )
     channel = Channel(args.channel_fd)
     board = CancelBoard(args.board_slots, fd=args.board_fd)
 
-    from worker_orcd.engine import cpu_features
+    from worker_orcd.engine import cpu_features, prefill
     from worker_orcd.engine.contexts import ContextPool, ContextSettings, ContextUnavailable
     from worker_orcd.engine.faults import FaultPlan
     from worker_orcd.engine.loop import InferenceLoop, Run
@@ -90,11 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = Model(args.model, gpu_device=args.gpu_device, extra_buffers=extra.enabled)
         extra.log()
-        pool = ContextPool(model, ContextSettings(args.n_ctx, args.prefill_chunk, args.threads))
-    except (ModelLoadError, ContextUnavailable, ValueError) as exc:
+        settings = ContextSettings(args.n_ctx, 0, args.threads, flash_attn=args.flash_attn)
+        if args.prefill_chunk == "auto":
+            chunk = prefill.choose(model, settings, args.stop_budget_ms)
+        else:
+            chunk = prefill.fixed(int(args.prefill_chunk))
+        log.log_event("prefill_chunk", backend=model.info.backend, **chunk.health())
+        settings = dataclasses.replace(settings, n_batch=chunk.tokens)
+        pool = ContextPool(model, settings, spare=args.spare_context)
+        log.log_event("spare_context", **pool.spare.health())
+    except (ModelLoadError, ContextUnavailable, ValueError, RuntimeError) as exc:
         channel.send({"kind": "failed", "message": str(exc)})
         return 1
-    loop = InferenceLoop(model, pool, channel, prefill_chunk=args.prefill_chunk, faults=FaultPlan.from_env())
+    loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, faults=FaultPlan.from_env())
     loop.start()
     info = model.info
     channel.send(
@@ -111,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 "n_ctx_train": info.n_ctx_train,
                 "backend": info.backend,
                 "gpu_layers": info.gpu_layers,
+                "chat_template": info.chat_template,
             },
+            "gpu": model.device.describe() if model.device is not None else None,
+            "prefill_chunk": chunk.health(),
+            "spare_context": pool.spare.health(),
+            "flash_attn": args.flash_attn,
             "cpu_extra_buffers": extra.health(),
             "context_make_ms": pool.last_make_ms,
         }

@@ -1,6 +1,7 @@
 """Optional bearer tokens, one per tenant, and the operators' keys.
 
-With keys configured, every path but /health needs `Authorization: Bearer <token>`;
+With keys configured, every path but /health and the browser console's page and
+assets (which hold no data) needs `Authorization: Bearer <token>`;
 the tenant the token belongs to owns the jobs it submits. An operator key names a
 tenant too, and may also do what concerns the whole worker (POST /shutdown, every
 job in /health). Tokens are compared in constant time (digests of equal length,
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker_orcd.errors import ErrorCode
+from worker_orcd.http.console_page import is_console_path
 from worker_orcd.http.errors import error_response
 
 OPEN_PATHS = frozenset({"/health"})
@@ -91,6 +93,12 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
+        if self.tokens and is_console_path(scope["path"]):
+            # Static files only; the calls the page makes carry the token.
+            state["tenant"] = None
+            state["operator"] = False
+            await self.app(scope, receive, send)
+            return
         if not self.tokens:
             state["tenant"] = ""
             state["operator"] = from_loopback(scope)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import AsyncIterator
 
 from anyio import to_thread
 from sse_starlette import EventSourceResponse
@@ -13,38 +11,32 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from worker_orcd.errors import ErrorCode
+from worker_orcd.http.accept import (
+    accept,
+    cancel_on_disconnect,
+    ensure_accepting,
+    stream_job,
+    tenant_of,
+)
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.health import health_for
-from worker_orcd.http.sse import EventChannel, encode_event
 from worker_orcd.http.validation import (
-    check_token_limits,
     parse_cancel,
     parse_execute,
     parse_json_object,
     parse_list_query,
 )
 from worker_orcd.jobs.cancel_flag import CancelReason
-from worker_orcd.jobs.job import Job, Sampling
-from worker_orcd.jobs.manager import TenantBusy
-from worker_orcd.jobs.queue import QueueClosed, QueueFull
-from worker_orcd.jobs.registry import JobExists
 from worker_orcd.log import log_event
-from worker_orcd.supervisor.supervisor import EngineUnavailable
 from worker_orcd.worker import Worker
 
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # specs/openapi.json
 SSE_PING_SEC = 15
-RETRY_AFTER_SEC = "1"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _worker(request: Request) -> Worker:
     return request.app.state.worker
-
-
-def tenant_of(request: Request) -> str:
-    """The caller's tenant, set by the auth middleware; "" when the worker has no keys."""
-    return request.scope.get("state", {}).get("tenant", "")
 
 
 def is_operator(request: Request) -> bool:
@@ -59,7 +51,9 @@ async def _json_body(request: Request) -> dict:
 async def execute(request: Request) -> EventSourceResponse:
     worker = _worker(request)
     try:
-        job, channel = await _accept(request, worker)
+        ensure_accepting(worker)
+        req = parse_execute(await _json_body(request))
+        job, channel = await accept(request, worker, req)
     except RequestError:
         worker.metrics.rejected()
         raise
@@ -73,121 +67,6 @@ async def execute(request: Request) -> EventSourceResponse:
         ping=SSE_PING_SEC,
         sep="\n",
         client_close_handler_callable=client_gone,
-    )
-
-
-async def _accept(request: Request, worker: Worker) -> tuple[Job, EventChannel]:
-    """Validate, tokenize and queue a job; raises RequestError with nothing queued."""
-    if not worker.accepting:
-        raise _shutting_down()
-    req = parse_execute(await _json_body(request))
-    tenant = tenant_of(request)
-    if worker.find(tenant, req.job_id) is not None or await to_thread.run_sync(
-        worker.ledger.exists, tenant, req.job_id
-    ):
-        raise _job_exists(req.job_id)
-    # The engine process has the vocabulary: a round trip, waited for on a thread.
-    try:
-        prompt_tokens, stop_tokens = await to_thread.run_sync(worker.tokenize, req.prompt, req.stop)
-    except EngineUnavailable as exc:
-        raise RequestError(
-            ErrorCode.ENGINE_UNAVAILABLE, f"the engine cannot take jobs: {exc}", headers={"Retry-After": RETRY_AFTER_SEC}
-        ) from None
-    model = worker.model
-    max_tokens = check_token_limits(
-        req,
-        len(prompt_tokens),
-        stop_tokens,
-        n_ctx=worker.config.n_ctx,
-        vocab_size=model["vocab_size"],
-    )
-    channel = EventChannel(asyncio.get_running_loop())
-    job = Job(
-        job_id=req.job_id,
-        prompt_tokens=prompt_tokens,
-        sampling=Sampling(
-            max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            repetition_penalty=req.repetition_penalty,
-            seed=req.seed,
-            stop=req.stop,
-        ),
-        model=model["name"],
-        correlation_id=correlation_id_of(request),
-        tenant=tenant,
-        sink=channel.put,
-    )
-    try:
-        worker.submit(job)
-    except JobExists:
-        raise _job_exists(req.job_id) from None
-    except TenantBusy as exc:
-        raise RequestError(
-            ErrorCode.TENANT_BUSY,
-            f"this tenant already has {exc.limit} jobs queued or running, the most one tenant "
-            "may have; retry when one has ended",
-            headers={"Retry-After": RETRY_AFTER_SEC},
-        ) from None
-    except QueueFull:
-        raise RequestError(
-            ErrorCode.WORKER_BUSY,
-            f"the queue is full ({worker.queue_capacity} jobs waiting); retry later",
-            headers={"Retry-After": RETRY_AFTER_SEC},
-        ) from None
-    except QueueClosed:
-        raise _shutting_down() from None
-    if job.state.terminal:  # its cancel came first: ended without touching the engine
-        log_event(
-            "cancelled",
-            job_id=job.job_id,
-            correlation_id=job.correlation_id,
-            reason=job.cancel_flag.reason.value if job.cancel_flag.reason else None,
-            phase="before_execute",
-            tokens_out=0,
-            cancel_requested_at=job.cancel_requested_at,
-        )
-        return job, channel
-    log_event(
-        "job_queued",
-        job_id=job.job_id,
-        correlation_id=job.correlation_id,
-        prompt_tokens=len(prompt_tokens),
-        max_tokens=max_tokens,
-        queue_depth=worker.queue_depth,
-    )
-    return job, channel
-
-
-async def stream_job(job: Job, channel: EventChannel, worker: Worker) -> AsyncIterator[bytes]:
-    """The job's events as SSE bytes, ending after its terminal event.
-
-    If the stream ends any other way (the client went away), the job is cancelled
-    exactly as by POST /cancel.
-    """
-    try:
-        while True:
-            batch = await channel.get_all()
-            yield b"".join(map(encode_event, batch))
-            if batch[-1].terminal:  # nothing is ever emitted after it
-                return
-    finally:
-        cancel_on_disconnect(job, worker)
-
-
-def cancel_on_disconnect(job: Job, worker: Worker) -> None:
-    """A client that leaves its stream cancels its job (once, and only if still needed)."""
-    if job.state.terminal or job.cancel_requested:
-        return
-    phase = worker.cancel_job(job, CancelReason.DISCONNECT)
-    worker.metrics.cancel_requested(phase)
-    log_event(
-        "cancel_request",
-        job_id=job.job_id,
-        correlation_id=job.correlation_id,
-        reason=CancelReason.DISCONNECT.value,
-        phase=phase.value,
     )
 
 
@@ -265,20 +144,6 @@ async def shutdown(request: Request) -> JSONResponse:
 
 async def openapi(request: Request) -> Response:
     return Response(OPENAPI_DOCUMENT.read_bytes(), media_type="application/json")
-
-
-def _job_exists(job_id: str) -> RequestError:
-    return RequestError(
-        ErrorCode.JOB_EXISTS, f"job {job_id!r} already exists on this worker; use a new job_id"
-    )
-
-
-def _shutting_down() -> RequestError:
-    return RequestError(
-        ErrorCode.WORKER_SHUTTING_DOWN,
-        "worker is shutting down; send the job to another worker",
-        headers={"Retry-After": RETRY_AFTER_SEC},
-    )
 
 
 ROUTES = [

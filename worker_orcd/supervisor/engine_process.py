@@ -6,22 +6,28 @@ one), and the interpreter is this one. Its environment carries the glibc
 tunables that make freeing a context real and cheap (glibc reads them only at
 process start): a fixed mmap threshold, so freed KV caches return to the
 system, and transparent huge pages, so making and freeing one is several
-times faster. It inherits two descriptors: its end of the channel and the
-cancel board.
+times faster. It inherits three descriptors: its end of the channel, the
+cancel board and the worker's log stream, where it writes its JSON log lines.
+Whatever else it writes to its standard error (a C library's abort message,
+a backtrace, a Python traceback) comes to the front through a pipe and is
+logged as `engine_output` lines, so the log stays JSON.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 from worker_orcd.cancel_board import CancelBoard
 from worker_orcd.config import WorkerConfig
+from worker_orcd.log import log_event
 from worker_orcd.wire import Channel
 
 TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=131072"
@@ -29,6 +35,10 @@ TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=131072"
 
 def engine_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
+    # ggml's abort otherwise attaches gdb to the dying engine for a backtrace: seconds
+    # (more for a large model) before the process ends, its job's event is sent and its
+    # memory is back. Any value the worker's environment gives is kept.
+    env.setdefault("GGML_NO_BACKTRACE", "1")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         existing = env.get("GLIBC_TUNABLES")
         env["GLIBC_TUNABLES"] = f"{existing}:{TUNABLES}" if existing else TUNABLES
@@ -48,6 +58,7 @@ class EngineProcess:
     @classmethod
     def start(cls, config: WorkerConfig, board: CancelBoard) -> "EngineProcess":
         front_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_fd = os.dup(_log_stream_fd())
         try:
             cmd = [
                 sys.executable,
@@ -65,7 +76,13 @@ class EngineProcess:
                 "--n-ctx",
                 str(config.n_ctx),
                 "--prefill-chunk",
-                str(config.prefill_chunk),
+                "auto" if config.prefill_chunk is None else str(config.prefill_chunk),
+                "--stop-budget-ms",
+                str(config.stop_budget_ms),
+                "--spare-context",
+                config.spare_context,
+                "--flash-attn",
+                config.flash_attn,
                 "--threads",
                 str(config.threads),
                 "--cpu-extra-buffers",
@@ -76,17 +93,22 @@ class EngineProcess:
                 config.worker_id,
                 "--log-level",
                 config.log_level,
+                "--log-fd",
+                str(log_fd),
             ]
             if config.gpu_device is not None:
                 cmd += ["--gpu-device", str(config.gpu_device)]
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
-                pass_fds=(engine_end.fileno(), board.fd),
+                stderr=subprocess.PIPE,
+                pass_fds=(engine_end.fileno(), board.fd, log_fd),
                 env=engine_environment(),
             )
         finally:
             engine_end.close()
+            os.close(log_fd)
+        threading.Thread(target=_log_output, args=(proc,), name="engine-output", daemon=True).start()
         return cls(proc, Channel(front_end.detach()))
 
     def kill(self) -> None:
@@ -106,3 +128,21 @@ class EngineProcess:
             except ValueError:
                 return f"killed by signal {-code}"
         return f"exited with status {code}"
+
+
+def _log_stream_fd() -> int:
+    """The descriptor under the front's log stream (standard error, maybe replaced)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+        return 2
+
+
+def _log_output(proc: subprocess.Popen) -> None:
+    """Until the engine's standard error closes: each line it wrote there, as a log line."""
+    assert proc.stderr is not None
+    with proc.stderr:
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                log_event("engine_output", logging.WARNING, pid=proc.pid, line=line)

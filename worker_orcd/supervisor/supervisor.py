@@ -23,6 +23,7 @@ waiting and new job gets `ENGINE_UNAVAILABLE`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -205,7 +206,12 @@ class EngineSupervisor:
     # -- the engine process and its reader ------------------------------------------------
 
     def _spawn(self) -> _Engine:
-        engine = _Engine(EngineProcess.start(self.config, self.board))
+        config = self.config
+        if self.info is not None and config.prefill_chunk is None:
+            # A restart keeps the first engine's measured chunk: it starts sooner, and the
+            # chunk /health shows stays the one every engine uses.
+            config = dataclasses.replace(config, prefill_chunk=self.info["prefill_chunk"]["tokens"])
+        engine = _Engine(EngineProcess.start(config, self.board))
         with self._cond:
             self._engine = engine
         threading.Thread(target=self._read, args=(engine,), name="engine-reader", daemon=True).start()

@@ -1,0 +1,229 @@
+"""Submitting a job and streaming it: what `/execute` and the OpenAI-compatible routes share.
+
+Every route that runs the model goes through `accept` (tokenize, check the
+limits that need the tokenizer, queue) and reads the job's events with
+`stream_job` or `collect_job`, so jobs, queue, ledger, tenants, metrics and
+the cancel path are one whatever the API a client speaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from anyio import to_thread
+from starlette.requests import Request
+
+from worker_orcd.errors import ErrorCode
+from worker_orcd.http.errors import RequestError, correlation_id_of
+from worker_orcd.http.sse import EventChannel, encode_event
+from worker_orcd.http.validation import ExecuteRequest, check_token_limits
+from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.jobs.events import Event
+from worker_orcd.jobs.job import Job, Sampling
+from worker_orcd.jobs.manager import TenantBusy
+from worker_orcd.jobs.queue import QueueClosed, QueueFull
+from worker_orcd.jobs.registry import JobExists
+from worker_orcd.log import log_event
+from worker_orcd.supervisor.supervisor import EngineUnavailable
+from worker_orcd.worker import Worker
+
+RETRY_AFTER_SEC = "1"
+
+Tokenizer = Callable[[], tuple[list[int], list[int]]]
+"""Runs on a thread: the prompt's tokens and each stop string's length in tokens."""
+
+
+def tenant_of(request: Request) -> str:
+    """The caller's tenant, set by the auth middleware; "" when the worker has no keys."""
+    return request.scope.get("state", {}).get("tenant", "")
+
+
+def ensure_accepting(worker: Worker) -> None:
+    if not worker.accepting:
+        raise shutting_down()
+
+
+async def accept(
+    request: Request,
+    worker: Worker,
+    req: ExecuteRequest,
+    *,
+    tokenize: Tokenizer | None = None,
+    log_fields: dict[str, Any] | None = None,
+) -> tuple[Job, EventChannel]:
+    """Tokenize and queue a validated request; raises RequestError with nothing queued.
+
+    `tokenize` replaces the plain tokenization of `req.prompt` (the chat route
+    uses it to drop a BOS its template wrote when the model adds one too).
+    """
+    ensure_accepting(worker)
+    tenant = tenant_of(request)
+    if worker.find(tenant, req.job_id) is not None or await to_thread.run_sync(
+        worker.ledger.exists, tenant, req.job_id
+    ):
+        raise job_exists(req.job_id)
+    # The engine process has the vocabulary: a round trip, waited for on a thread.
+    try:
+        prompt_tokens, stop_tokens = await to_thread.run_sync(
+            tokenize or (lambda: worker.tokenize(req.prompt, req.stop))
+        )
+    except EngineUnavailable as exc:
+        raise RequestError(
+            ErrorCode.ENGINE_UNAVAILABLE, f"the engine cannot take jobs: {exc}", headers={"Retry-After": RETRY_AFTER_SEC}
+        ) from None
+    model = worker.model
+    max_tokens = check_token_limits(
+        req,
+        len(prompt_tokens),
+        stop_tokens,
+        n_ctx=worker.config.n_ctx,
+        vocab_size=model["vocab_size"],
+    )
+    channel = EventChannel(asyncio.get_running_loop())
+    job = Job(
+        job_id=req.job_id,
+        prompt_tokens=prompt_tokens,
+        sampling=Sampling(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            repetition_penalty=req.repetition_penalty,
+            seed=req.seed,
+            stop=req.stop,
+        ),
+        model=model["name"],
+        correlation_id=correlation_id_of(request),
+        tenant=tenant,
+        sink=channel.put,
+    )
+    try:
+        worker.submit(job)
+    except JobExists:
+        raise job_exists(req.job_id) from None
+    except TenantBusy as exc:
+        raise RequestError(
+            ErrorCode.TENANT_BUSY,
+            f"this tenant already has {exc.limit} jobs queued or running, the most one tenant "
+            "may have; retry when one has ended",
+            headers={"Retry-After": RETRY_AFTER_SEC},
+        ) from None
+    except QueueFull:
+        raise RequestError(
+            ErrorCode.WORKER_BUSY,
+            f"the queue is full ({worker.queue_capacity} jobs waiting); retry later",
+            headers={"Retry-After": RETRY_AFTER_SEC},
+        ) from None
+    except QueueClosed:
+        raise shutting_down() from None
+    if job.state.terminal:  # its cancel came first: ended without touching the engine
+        log_event(
+            "cancelled",
+            job_id=job.job_id,
+            correlation_id=job.correlation_id,
+            reason=job.cancel_flag.reason.value if job.cancel_flag.reason else None,
+            phase="before_execute",
+            tokens_out=0,
+            cancel_requested_at=job.cancel_requested_at,
+        )
+        return job, channel
+    log_event(
+        "job_queued",
+        job_id=job.job_id,
+        correlation_id=job.correlation_id,
+        prompt_tokens=len(prompt_tokens),
+        max_tokens=max_tokens,
+        queue_depth=worker.queue_depth,
+        **(log_fields or {}),
+    )
+    return job, channel
+
+
+def encode_events(batch: Iterable[Event]) -> bytes:
+    """`/execute`'s encoding: each event as `event:` and `data:` lines."""
+    return b"".join(map(encode_event, batch))
+
+
+async def stream_job(
+    job: Job,
+    channel: EventChannel,
+    worker: Worker,
+    encode: Callable[[list[Event]], bytes] = encode_events,
+) -> AsyncIterator[bytes]:
+    """The job's events as SSE bytes, ending after its terminal event.
+
+    Everything that piled up since the last write goes out in one write. If the
+    stream ends any other way (the client went away), the job is cancelled
+    exactly as by POST /cancel.
+    """
+    try:
+        while True:
+            batch = await channel.get_all()
+            data = encode(batch)
+            if data:  # a completion stream has nothing to say when its job starts
+                yield data
+            if batch[-1].terminal:  # nothing is ever emitted after it
+                return
+    finally:
+        cancel_on_disconnect(job, worker)
+
+
+async def collect_job(
+    job: Job, channel: EventChannel, worker: Worker, request: Request
+) -> list[Event] | None:
+    """Every event of the job, for an answer sent whole once it has ended.
+
+    None when the client went away first: the job is then cancelled as by a
+    disconnect from a stream.
+    """
+    events: list[Event] = []
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        while True:
+            batch = asyncio.ensure_future(channel.get_all())
+            await asyncio.wait((batch, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not batch.done():
+                batch.cancel()
+                return None
+            events += batch.result()
+            if events[-1].terminal:
+                return events
+    finally:
+        gone.cancel()
+        cancel_on_disconnect(job, worker)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body was read whole before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def cancel_on_disconnect(job: Job, worker: Worker) -> None:
+    """A client that leaves its stream cancels its job (once, and only if still needed)."""
+    if job.state.terminal or job.cancel_requested:
+        return
+    phase = worker.cancel_job(job, CancelReason.DISCONNECT)
+    worker.metrics.cancel_requested(phase)
+    log_event(
+        "cancel_request",
+        job_id=job.job_id,
+        correlation_id=job.correlation_id,
+        reason=CancelReason.DISCONNECT.value,
+        phase=phase.value,
+    )
+
+
+def job_exists(job_id: str) -> RequestError:
+    return RequestError(
+        ErrorCode.JOB_EXISTS, f"job {job_id!r} already exists on this worker; use a new job_id"
+    )
+
+
+def shutting_down() -> RequestError:
+    return RequestError(
+        ErrorCode.WORKER_SHUTTING_DOWN,
+        "worker is shutting down; send the job to another worker",
+        headers={"Retry-After": RETRY_AFTER_SEC},
+    )

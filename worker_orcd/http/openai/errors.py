@@ -1,0 +1,95 @@
+"""OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
+
+The OpenAI routes answer every error of their own in it, so OpenAI clients
+read `message`, `type`, `param` and `code` where they expect them. `code` is
+OpenAI's where OpenAI has one for the case (`model_not_found`,
+`unknown_parameter`, …), else the worker's stable code (`WORKER_BUSY`,
+`JOB_EXISTS`, `CANCELLED`, …: section 10 and WO-SSE-4 of the contract).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from starlette.responses import JSONResponse
+
+from worker_orcd.errors import ErrorCode
+from worker_orcd.http.errors import HTTP_STATUS, RequestError
+
+INVALID_REQUEST = "invalid_request_error"
+
+# Set on answers a retry cannot help: the openai client otherwise retries 409,
+# 429 and 5xx on its own, and a retry of a job named by X-Request-Id is a 409.
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def error_type(status: int, code: str | None = None) -> str:
+    if code == ErrorCode.CANCELLED.value:
+        return "cancelled"
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return INVALID_REQUEST
+
+
+class OpenAIError(Exception):
+    """Raised by the OpenAI routes to answer with an error; nothing has been queued."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": error_type(self.status, self.code),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def invalid(message: str, param: str | None, code: str | None = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+# The worker's field names in validation details → the OpenAI parameter they came from.
+_PROMPT_PARAM = {"chat": "messages", "completion": "prompt"}
+
+
+def from_request_error(exc: RequestError, kind: str) -> OpenAIError:
+    """A worker error raised while accepting a job, in OpenAI's shape."""
+    status = HTTP_STATUS[exc.code]
+    headers = dict(exc.headers)
+    if exc.code is ErrorCode.JOB_EXISTS:
+        headers.update(NO_RETRY)
+        return OpenAIError(status, f"{exc.message} (the X-Request-Id header)", code=exc.code.value, headers=headers)
+    if exc.code is not ErrorCode.INVALID_REQUEST or not exc.details:
+        return OpenAIError(status, exc.message, code=exc.code.value, headers=headers)
+    # Limits checked with the tokenizer (the prompt against the context, stop strings, top_k).
+    first = exc.details[0]
+    field, reason = first["field"], first["reason"]
+    param = _PROMPT_PARAM[kind] if field == "prompt" else field
+    code = "context_length_exceeded" if "context" in reason else "invalid_value"
+    return OpenAIError(status, f"{param}: {reason}", param=param or None, code=code, headers=headers)

@@ -1,0 +1,178 @@
+"""`POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models` (contract: OpenAI-compatible API).
+
+A thin layer over the worker's own path: the request becomes a job accepted by
+`worker_orcd.http.accept` exactly as an `/execute` is (same queue, ledger,
+tenants, metrics, cancel and disconnect handling); only the request's
+parameters and the answer's encoding differ. The completion's `id` is the
+job's id, so `POST /cancel` and `GET /jobs/{id}` take it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from anyio import to_thread
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from worker_orcd.http.accept import (
+    Tokenizer,
+    accept,
+    cancel_on_disconnect,
+    collect_job,
+    ensure_accepting,
+    stream_job,
+)
+from worker_orcd.http.errors import RequestError
+from worker_orcd.http.openai.chunks import StreamEncoder, completion_body
+from worker_orcd.http.openai.errors import NO_RETRY, OpenAIError, from_request_error, invalid
+from worker_orcd.http.openai.params import (
+    CHAT,
+    COMPLETION,
+    REQUEST_ID_HEADER,
+    OpenAIRequest,
+    check_model,
+    parse_chat,
+    parse_completion,
+    request_id,
+)
+from worker_orcd.http.openai.template import (
+    NO_SPECIAL_TOKENS,
+    ChatTemplateError,
+    render,
+    special_tokens_for,
+    uses_special_tokens,
+)
+from worker_orcd.http.routes import SSE_PING_SEC
+from worker_orcd.http.validation import MAX_PROMPT_CHARS, parse_json_object
+from worker_orcd.worker import Worker
+
+OWNED_BY = "worker-orcd"
+# Status for the answer to a client that left before its job ended (nobody reads it).
+CLIENT_CLOSED = 499
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, CHAT)
+
+
+async def completions(request: Request) -> Response:
+    return await _complete(request, COMPLETION)
+
+
+async def list_models(request: Request) -> JSONResponse:
+    worker: Worker = request.app.state.worker
+    return JSONResponse({"object": "list", "data": [_model_card(worker)]})
+
+
+def _model_card(worker: Worker) -> dict[str, Any]:
+    try:
+        created = int(worker.config.model_path.stat().st_mtime)
+    except OSError:
+        created = 0
+    return {"id": worker.model["name"], "object": "model", "created": created, "owned_by": OWNED_BY}
+
+
+async def _complete(request: Request, kind: str) -> Response:
+    worker: Worker = request.app.state.worker
+    try:
+        req, job_id, prompt, tokenize = await _prepare(request, worker, kind)
+        log_fields: dict[str, Any] = {"api": f"openai.{kind}"}
+        if req.user is not None:
+            log_fields["user"] = req.user
+        job, channel = await accept(
+            request, worker, req.to_execute(job_id, prompt), tokenize=tokenize, log_fields=log_fields
+        )
+    except RequestError as exc:
+        worker.metrics.rejected()
+        return from_request_error(exc, kind).response()
+    except OpenAIError as exc:
+        worker.metrics.rejected()
+        return exc.response()
+
+    created = int(time.time())
+    model = worker.model["name"]
+    headers = {REQUEST_ID_HEADER: job_id}
+    if req.stream:
+        encoder = StreamEncoder(kind, job_id, created, model, job.prompt_token_count, req.include_usage)
+
+        async def client_gone(message: object) -> None:
+            # Also covers a client that leaves before the stream's first chunk.
+            cancel_on_disconnect(job, worker)
+
+        return EventSourceResponse(
+            stream_job(job, channel, worker, encoder),
+            ping=SSE_PING_SEC,
+            sep="\n",
+            client_close_handler_callable=client_gone,
+            headers=headers,
+        )
+
+    events = await collect_job(job, channel, worker, request)
+    if events is None:  # the client left: its job was cancelled
+        return Response(status_code=CLIENT_CLOSED)
+    status, body = completion_body(kind, job_id, created, model, job.prompt_token_count, events)
+    if status != 200 and (REQUEST_ID_HEADER in request.headers or not body["error"].get("retriable")):
+        headers.update(NO_RETRY)  # the same X-Request-Id would be a 409; a non-retriable end stays one
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIRequest, str, str, Tokenizer | None]:
+    """Validate the request; the job id, the prompt and, for chat, its tokenizer."""
+    ensure_accepting(worker)
+    try:
+        body = parse_json_object(await request.body())
+    except RequestError as exc:
+        raise invalid(f"The request body could not be parsed: {exc.message}", None, "invalid_json") from None
+    req = parse_chat(body) if kind == CHAT else parse_completion(body)
+    model = worker.model
+    check_model(req.model, model["name"])
+    job_id = request_id(request.headers, kind)
+    if kind != CHAT:
+        return req, job_id, req.prompt, None
+
+    source = model.get("chat_template")
+    if not source:
+        raise invalid(
+            f"The model '{model['name']}' has no chat template (tokenizer.chat_template in its GGUF "
+            "file), so messages cannot be made into a prompt; use /v1/completions with a prompt "
+            "formatted for the model.",
+            "messages",
+            "chat_template_missing",
+        )
+    special = NO_SPECIAL_TOKENS
+    if uses_special_tokens(source):  # read from the model file once, off the event loop
+        special = await to_thread.run_sync(special_tokens_for, source, worker.config.model_path)
+    try:
+        prompt = render(source, req.messages, special)
+    except ChatTemplateError as exc:
+        raise invalid(str(exc), "messages", "chat_template_error") from None
+    if not prompt:
+        raise invalid("The model's chat template made an empty prompt of these messages.", "messages")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise invalid(
+            f"The prompt the chat template makes of these messages is {len(prompt)} characters; "
+            f"at most {MAX_PROMPT_CHARS}.",
+            "messages",
+            "context_length_exceeded",
+        )
+    if special.bos_id is None or not prompt.startswith(special.bos):
+        return req, job_id, prompt, None
+    bos_id = special.bos_id
+
+    def tokenize() -> tuple[list[int], list[int]]:
+        # The template wrote the BOS and the model adds its own: keep one, as llama.cpp does.
+        tokens, stops = worker.tokenize(prompt, req.stop)
+        return (tokens[1:] if tokens[:2] == [bos_id, bos_id] else tokens), stops
+
+    return req, job_id, prompt, tokenize
+
+
+OPENAI_ROUTES = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+]
