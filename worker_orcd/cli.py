@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+from worker_orcd.argtypes import non_negative, non_negative_float, positive, positive_float
 from worker_orcd.config import WorkerConfig, default_model_path, default_worker_id
 
 
@@ -33,16 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a GPU build, the GPU that gets every layer (default 0); none: run on the CPU",
     )
     serve.add_argument("--worker-id", default=None)
-    serve.add_argument("--n-ctx", type=_positive, default=4096, help="context tokens per job")
-    serve.add_argument("--max-queue", type=_non_negative, default=16, help="jobs that may wait")
-    serve.add_argument("--inference-timeout-sec", type=_positive_float, default=300.0)
+    serve.add_argument("--n-ctx", type=positive, default=4096, help="context tokens per job")
+    serve.add_argument("--max-queue", type=non_negative, default=16, help="jobs that may wait")
+    serve.add_argument("--inference-timeout-sec", type=positive_float, default=300.0)
     serve.add_argument(
         "--cancel-deadline-ms",
-        type=_positive,
+        type=positive,
         default=4000,
         help="a cancel the engine has not confirmed by then kills and restarts the engine process",
     )
-    serve.add_argument("--threads", type=_non_negative, default=0, help="CPU threads (0: all cores)")
+    serve.add_argument("--threads", type=non_negative, default=0, help="CPU threads (0: all cores)")
     serve.add_argument(
         "--prefill-chunk",
         type=_chunk,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--stop-budget-ms",
-        type=_positive_float,
+        type=positive_float,
         default=20.0,
         help="how long one prompt chunk may take, for --prefill-chunk auto",
     )
@@ -69,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--state-dir", type=Path, default=None, help="where the job ledger lives")
-    serve.add_argument("--ledger-max-jobs", type=_positive, default=10000, help="jobs the ledger keeps")
+    serve.add_argument("--ledger-max-jobs", type=positive, default=10000, help="jobs the ledger keeps")
     serve.add_argument(
         "--early-cancel-sec",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=60.0,
         help="how long a cancel for a not yet known job id is kept for its execute (0: not kept)",
     )
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-jobs-per-tenant",
-        type=_non_negative,
+        type=non_negative,
         default=None,
         metavar="N",
         help="queued + running jobs one tenant may hold (0: no limit; "
@@ -115,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="a web page origin (scheme://host[:port], *: any) allowed to call the worker; repeatable",
     )
-    serve.add_argument("--max-body-bytes", type=_positive, default=1 << 20)
+    serve.add_argument("--max-body-bytes", type=positive, default=1 << 20)
     serve.add_argument(
         "--shutdown-grace-sec",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=5.0,
         help="how long a running job may go on after SIGTERM",
     )
@@ -315,37 +316,9 @@ def _fail(message: str, status: int = 1) -> int:
 def _gpu_device(text: str) -> int | None:
     if text.strip().lower() == "none":
         return None
-    return _non_negative(text)
+    return non_negative(text)
 
 
 def _chunk(text: str) -> int | None:
     """None: auto."""
-    return None if text.strip().lower() == "auto" else _positive(text)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
+    return None if text.strip().lower() == "auto" else positive(text)

@@ -14,14 +14,14 @@ from starlette.testclient import TestClient
 
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.gguf import read_value
+from worker_orcd.engine.model import Model
 from worker_orcd.http.openai.routes import OPENAI_ROUTES, _prepare
 from worker_orcd.http.openai.template import (
     NO_SPECIAL_TOKENS,
     ChatTemplateError,
     SpecialTokens,
     render,
-    special_tokens,
-    special_tokens_for,
+    special_tokens_of,
 )
 
 GGUF = default_model_path()
@@ -81,20 +81,21 @@ def test_helpers_templates_use():
     assert out == json.dumps({"role": "user", "content": "<a & b>"}) + "|4|True"
 
 
-def test_bos_and_eos_from_the_gguf():
-    tokens = special_tokens(str(GGUF))
+def test_bos_and_eos_as_the_engine_reports_them():
+    """The engine reads them from the loaded vocabulary; the front never opens the file."""
+    model = Model(GGUF, gpu_device=None)
+    try:
+        info = model.info
+    finally:
+        model.close()
+    reported = {"bos_token": info.bos_token, "eos_token": info.eos_token, "bos_id": info.bos_id}
+    tokens = special_tokens_of(reported)
     assert tokens == SpecialTokens(bos="<|im_start|>", eos="<|im_end|>", bos_id=1)
     source = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
     assert render(source, [{"role": "user", "content": "Hi"}], tokens) == "<|im_start|>Hi<|im_end|>"
-    # Not a GGUF file, or none at all: no strings, no error.
-    assert special_tokens(__file__) == NO_SPECIAL_TOKENS
-    assert special_tokens("/nonexistent.gguf") == NO_SPECIAL_TOKENS
-
-
-def test_the_file_is_read_only_for_a_template_that_names_the_tokens():
-    before = special_tokens.cache_info()
-    assert special_tokens_for(SMOLLM2, GGUF) is NO_SPECIAL_TOKENS
-    assert special_tokens.cache_info() == before
+    # A model without them: empty strings, no BOS id, no error.
+    assert special_tokens_of({"bos_token": "", "eos_token": "", "bos_id": None}) == NO_SPECIAL_TOKENS
+    assert special_tokens_of({}) == NO_SPECIAL_TOKENS
 
 
 # -- the chat route's preparation, on a stand-in worker -------------------------------------
@@ -104,7 +105,14 @@ class StandInWorker:
     accepting = True
 
     def __init__(self, template: str | None, tokens: list[int] | None = None) -> None:
-        self.model = {"name": MODEL, "chat_template": template, "vocab_size": 49152}
+        self.model = {
+            "name": MODEL,
+            "chat_template": template,
+            "vocab_size": 49152,
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "bos_id": 1,
+        }
         self.config = SimpleNamespace(model_path=GGUF)
         self.metrics = SimpleNamespace(rejected=lambda: None)
         self.tokens = tokens or [7]

@@ -20,6 +20,8 @@ import threading
 import time
 from typing import IO, Any
 
+from worker_orcd.argtypes import non_negative, positive
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 REDRAW_S = 0.1  # status line redraws at most this often
@@ -37,9 +39,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the prompt; absent or -: stdin, exactly as read")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the worker (default {DEFAULT_URL})")
     p.add_argument("--api-token", help="bearer token (default: $WORKER_ORCD_API_TOKEN)")
-    p.add_argument("--max-tokens", type=_positive, help="default: the worker's (what fits the context)")
+    p.add_argument("--max-tokens", type=positive, help="default: the worker's (what fits the context)")
     p.add_argument("--temperature", type=float, help="0 is greedy (default: the worker's, 1.0)")
-    p.add_argument("--seed", type=_non_negative, help="fixed seed, for the same tokens again")
+    p.add_argument("--seed", type=non_negative, help="fixed seed, for the same tokens again")
     p.add_argument(
         "--stop", action="append", metavar="TEXT", help="stop when this text appears; repeatable (at most 4)"
     )
@@ -327,17 +329,3 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value

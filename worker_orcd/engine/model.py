@@ -32,6 +32,9 @@ class ModelInfo:
     backend: str  # what runs it: "cpu", or the GPU's backend ("cuda", "metal", "vulkan", …)
     gpu_layers: int
     chat_template: str | None  # the GGUF's `tokenizer.chat_template` (Jinja2), if it has one
+    bos_token: str  # the BOS and EOS tokens' text, for templates that write them ("" if none)
+    eos_token: str
+    bos_id: int | None
 
 
 def init_backend() -> None:
@@ -92,6 +95,9 @@ class Model:
             backend=self.device.backend if self.device is not None else "cpu",
             gpu_layers=llama_cpp.llama_model_n_layer(self.ptr) if self.device is not None else 0,
             chat_template=self._meta("tokenizer.chat_template"),
+            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self.vocab)),
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
+            bos_id=self._token_id(llama_cpp.llama_vocab_bos(self.vocab)),
         )
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -127,6 +133,14 @@ class Model:
         if self.ptr:
             llama_cpp.llama_model_free(self.ptr)
             self.ptr = None
+
+    def _token_id(self, token: int) -> int | None:
+        return token if 0 <= token < self.n_vocab else None  # LLAMA_TOKEN_NULL is -1
+
+    def _token_text(self, token: int) -> str:
+        if self._token_id(token) is None:
+            return ""
+        return (llama_cpp.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(256)

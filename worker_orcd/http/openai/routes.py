@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from anyio import to_thread
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -43,7 +42,7 @@ from worker_orcd.http.openai.template import (
     NO_SPECIAL_TOKENS,
     ChatTemplateError,
     render,
-    special_tokens_for,
+    special_tokens_of,
     uses_special_tokens,
 )
 from worker_orcd.http.routes import SSE_PING_SEC
@@ -143,9 +142,7 @@ async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIR
             "messages",
             "chat_template_missing",
         )
-    special = NO_SPECIAL_TOKENS
-    if uses_special_tokens(source):  # read from the model file once, off the event loop
-        special = await to_thread.run_sync(special_tokens_for, source, worker.config.model_path)
+    special = special_tokens_of(model) if uses_special_tokens(source) else NO_SPECIAL_TOKENS
     try:
         prompt = render(source, req.messages, special)
     except ChatTemplateError as exc:
