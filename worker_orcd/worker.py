@@ -89,6 +89,10 @@ class Worker:
     def find(self, tenant: str, job_id: str) -> Job | None:
         return self.manager.find(tenant, job_id)
 
+    def queue_position(self, job: Job) -> int | None:
+        """How many jobs will start before this one; None once it is no longer waiting."""
+        return self.manager.queue.position(job)
+
     def owned_by_other(self, tenant: str, job_id: str) -> bool:
         """Whether another tenant has a job with this id in memory (for audit logs only)."""
         return self.manager.registry.owned_by_other(tenant, job_id)

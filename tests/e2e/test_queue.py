@@ -57,6 +57,27 @@ def test_jobs_run_in_order(client, worker):
     assert jobs[0]["queued_at"] <= jobs[1]["queued_at"] <= jobs[2]["queued_at"]
 
 
+def test_a_queued_job_knows_its_place(client, worker):
+    """WO-JOBS-5: `queue_position` while queued (0: next), gone once the job runs."""
+    blocker_id = uid("blocker")
+    blocker = StreamThread(worker, long_prompt_job(blocker_id)).start()
+    wait_active(client, blocker_id)
+    ids = [uid(f"place{n}") for n in range(2)]
+    streams = []
+    for job_id in ids:
+        streams.append(StreamThread(worker, {"job_id": job_id, "prompt": "Hi", "max_tokens": 2}).start())
+        worker.log.wait_for("job_queued", job_id=job_id)
+    assert [job_of(client, job_id)["queue_position"] for job_id in ids] == [0, 1]
+    assert "queue_position" not in job_of(client, blocker_id)  # running
+    cancel(client, ids[0])
+    assert terminal(streams[0].join()).data["code"] == "CANCELLED"
+    assert job_of(client, ids[1])["queue_position"] == 0  # the one ahead has gone
+    cancel(client, blocker_id)
+    assert terminal(blocker.join()).data["code"] == "CANCELLED"
+    assert terminal(streams[1].join()).name == "end"
+    assert "queue_position" not in job_of(client, ids[1])
+
+
 @pytest.fixture
 def small_queue_worker():
     w = WorkerProcess(args=["--max-queue", "1", "--threads", "1"]).start()

@@ -20,7 +20,6 @@ from tests.support import LONG_ANSWER_PROMPT, wait_until
 pytestmark = pytest.mark.usefixtures("worker_idle")
 
 
-
 def command(url: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "worker_orcd", "run", "--url", url, *args]
 
@@ -105,6 +104,23 @@ def test_status_line_is_redrawn_on_a_terminal_stderr(worker):
     assert proc.returncode == 0, err
     assert stdout.decode() == SHORT_ANSWER
     assert "\r" in err and "tok/s" in err and "completed" in err and "eos" in err
+
+
+def test_a_queued_job_shows_its_place(worker, client):
+    """WO-CLIENT-7, WO-JOBS-5: while the job waits behind another, the status line says so."""
+    blocker_id, job_id = uid("run-blocker"), uid("run-queued")
+    with client.stream(
+        "POST", "/execute", json={"job_id": blocker_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": 400}
+    ) as blocker:
+        assert blocker.status_code == 200
+        wait_until(lambda: client.get(f"/jobs/{blocker_id}").json().get("tokens_out", 0) >= 1, timeout=60)
+        term = Terminal()
+        proc = term.start(command(worker.url, SHORT_PROMPT, "--temperature", "0", "--job-id", job_id), stdout_pipe=True)
+        term.wait_for(b"[queued] next in the queue")
+        client.post("/cancel", json={"job_id": blocker_id})
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, term.text()
+    assert stdout.decode() == SHORT_ANSWER
 
 
 def test_json_lines_and_prompt_from_stdin(worker):

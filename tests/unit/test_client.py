@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import json
 import sys
 
@@ -502,3 +503,23 @@ def test_an_answer_that_is_not_json_is_a_worker_error():
     with pytest.raises(WorkerError) as raised:
         client_for(worker).health()
     assert raised.value.code == "HTTP_200" and "proxy" in raised.value.message
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_status_line_shows_a_queued_jobs_place():
+    """WO-CLIENT-7: `worker-orcd run`'s status line while queued names the jobs ahead
+    (from `queue_position`, WO-JOBS-5), then the tokens once it runs."""
+    from worker_orcd.client.terminal import StatusLine
+
+    err = _Tty()
+    line = StatusLine(err, stdout=io.StringIO(), enabled=True)
+    line.queued(2)
+    assert err.getvalue().endswith("[queued] 2 job(s) ahead in the queue")
+    line.queued(0)
+    assert err.getvalue().endswith("[queued] next in the queue")
+    line.started()
+    assert err.getvalue().endswith("[running]")

@@ -25,6 +25,7 @@ from worker_orcd.argtypes import non_negative, positive
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 REDRAW_S = 0.1  # status line redraws at most this often
+QUEUE_POLL_S = 0.5  # how often a queued job's place is asked for (GET /jobs/{id})
 CLEAR_LINE = "\r\x1b[K"
 
 
@@ -108,10 +109,14 @@ class Run:
             self.status.show("sending", force=True)
             with self.stream:
                 self.status.show("queued", force=True)
-                for event in self.stream:
-                    code = self._event(event)
-                    if code is not None:
-                        return code
+                watch = self._watch_queue()
+                try:
+                    for event in self.stream:
+                        code = self._event(event)
+                        if code is not None:
+                            return code
+                finally:
+                    watch.set()
         except IncompleteStream as exc:
             return self._failed(f"{exc.message}; GET /jobs/{self.job_id} tells how it ended")
         except WorkerError as exc:
@@ -130,6 +135,24 @@ class Run:
             _quiet_stdout()
             return EXIT_FAILED
         return self._failed("the stream ended without a terminal event")  # IncompleteStream says it first
+
+    def _watch_queue(self) -> threading.Event:
+        """While the job waits, its place in the queue on the status line (a terminal only);
+        set the returned event to stop."""
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(QUEUE_POLL_S) and self.status.state == "queued":
+                try:
+                    place = self.client.job(self.job_id).get("queue_position")
+                except Exception:  # a failed look-up only leaves the line as it was
+                    continue
+                if self.status.state == "queued":
+                    self.status.queued(place)
+
+        if self.status.live:
+            threading.Thread(target=watch, name="queue-watch", daemon=True).start()
+        return stop
 
     def _event(self, event: Any) -> int | None:
         """Show one event; the exit status once it is the terminal one."""
@@ -215,6 +238,7 @@ class StatusLine:
         self.drawn = False  # a status line is on screen, to be redrawn or cleared
         self.text_open = False  # text was written and its last line not ended
         self.state = "sending"
+        self.place: int | None = None  # jobs ahead while queued
         self.tokens = 0
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -236,6 +260,10 @@ class StatusLine:
             self._next_draw = now + REDRAW_S
             self._draw(f"[{self.state}] {self.summary()}".rstrip())
 
+    def queued(self, place: int | None) -> None:
+        self.place = place
+        self.show("queued", force=True)
+
     def started(self) -> None:
         self.show("running", force=True)
 
@@ -256,6 +284,8 @@ class StatusLine:
         self.text_open = True
 
     def summary(self) -> str:
+        if self.state == "queued" and self.place is not None:
+            return "next in the queue" if self.place == 0 else f"{self.place} job(s) ahead in the queue"
         if not self.tokens:
             return ""
         rate = ""

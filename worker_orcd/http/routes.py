@@ -101,6 +101,10 @@ async def get_job(request: Request) -> JSONResponse:
     record = job.snapshot() if job is not None else await to_thread.run_sync(worker.ledger.get, tenant, job_id)
     if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")
+    if job is not None and record["state"] == "queued":
+        position = worker.queue_position(job)
+        if position is not None:  # None: taken from the queue since the snapshot
+            record["queue_position"] = position
     return JSONResponse(record)
 
 
