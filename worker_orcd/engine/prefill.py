@@ -17,6 +17,7 @@ the choice and what was measured are logged and shown in /health.
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,29 @@ def fixed(tokens: int) -> ChunkChoice:
 
 def choose(model: Model, settings: ContextSettings, budget_ms: float) -> ChunkChoice:
     """The largest power-of-two chunk (SMALLEST…LARGEST, at most n_ctx) in which a cancel
-    waits at most `budget_ms`; SMALLEST if even that one's wait is longer."""
+    waits at most `budget_ms`; SMALLEST if even that one's wait is longer.
+
+    Measured on a thread of its own that ends with the measurement: llama.cpp's CPU
+    threads (an OpenMP team) belong to the thread that decodes, and a team left behind
+    by a thread that lives on takes cores from every later decode.
+    """
+    result: list[ChunkChoice | BaseException] = []
+
+    def measure() -> None:
+        try:
+            result.append(_measure(model, settings, budget_ms))
+        except BaseException as exc:  # raised again in the caller
+            result.append(exc)
+
+    thread = threading.Thread(target=measure, name="prefill-chunk")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _measure(model: Model, settings: ContextSettings, budget_ms: float) -> ChunkChoice:
     on_cpu = model.device is None
     largest = min(CPU_UBATCH if on_cpu else LARGEST, settings.n_ctx)
     ctx = new_context(model, ContextSettings(settings.n_ctx, largest, settings.n_threads, flash_attn=settings.flash_attn))
