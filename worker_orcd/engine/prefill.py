@@ -17,15 +17,18 @@ the choice and what was measured are logged and shown in /health.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import llama_cpp
 
 from worker_orcd.engine.contexts import CPU_UBATCH, ContextSettings, free_context, new_context
 from worker_orcd.engine.model import Model
+
+T = TypeVar("T")
 
 SMALLEST = 16
 LARGEST = 4096
@@ -56,21 +59,37 @@ def fixed(tokens: int) -> ChunkChoice:
 
 def choose(model: Model, settings: ContextSettings, budget_ms: float) -> ChunkChoice:
     """The largest power-of-two chunk (SMALLEST…LARGEST, at most n_ctx) in which a cancel
-    waits at most `budget_ms`; SMALLEST if even that one's wait is longer.
+    waits at most `budget_ms`; SMALLEST if even that one's wait is longer."""
+    return _on_a_thread_of_its_own(lambda: _measure(model, settings, budget_ms))
 
-    Measured on a thread of its own that ends with the measurement: llama.cpp's CPU
-    threads (an OpenMP team) belong to the thread that decodes, and a team left behind
-    by a thread that lives on takes cores from every later decode.
-    """
-    result: list[ChunkChoice | BaseException] = []
 
-    def measure() -> None:
+def warm_up(model: Model, settings: ContextSettings) -> None:
+    """One small decode before serving, as `choose` does: with a fixed chunk too, the
+    engine's first decode is not a job's."""
+
+    def decode_once() -> None:
+        ctx = new_context(model, dataclasses.replace(settings, n_batch=SMALLEST))
         try:
-            result.append(_measure(model, settings, budget_ms))
+            _evaluate(ctx, llama_cpp.llama_get_memory(ctx), _filler(model, SMALLEST), SMALLEST, None)
+        finally:
+            free_context(ctx)
+
+    _on_a_thread_of_its_own(decode_once)
+
+
+def _on_a_thread_of_its_own(work: Callable[[], T]) -> T:
+    """`work()` on a thread that ends with it. llama.cpp's CPU threads (an OpenMP team)
+    belong to the thread that decodes; a team left on a thread that lives on (the
+    engine's main thread) takes cores from every later decode."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
         except BaseException as exc:  # raised again in the caller
             result.append(exc)
 
-    thread = threading.Thread(target=measure, name="prefill-chunk")
+    thread = threading.Thread(target=run, name="prefill-measure")
     thread.start()
     thread.join()
     if isinstance(result[0], BaseException):

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk = prefill.choose(model, settings, args.stop_budget_ms)
         else:
             chunk = prefill.fixed(int(args.prefill_chunk))
+            prefill.warm_up(model, settings)
         log.log_event("prefill_chunk", backend=model.info.backend, **chunk.health())
         settings = dataclasses.replace(settings, n_batch=chunk.tokens)
         pool = ContextPool(model, settings, spare=args.spare_context)
