@@ -374,18 +374,10 @@ def extra_buffer_types() -> list[str] | None:
     import ctypes
 
     try:
-        from llama_cpp import _ggml
+        from worker_orcd.engine import devices
 
-        lib = _ggml.libggml
-        lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-        lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-        lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-        lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.ggml_backend_buft_name.restype = ctypes.c_char_p
-        lib.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-        device = lib.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+        lib = devices.ggml()
+        device = lib.ggml_backend_dev_by_type(devices.DEVICE_CPU)
         if not device:
             return None
         reg = lib.ggml_backend_dev_backend_reg(device)

@@ -65,8 +65,10 @@ class NoSuchDevice(ValueError):
 
 
 @lru_cache(maxsize=1)
-def _ggml() -> Any:
-    from llama_cpp import _ggml  # loads libggml as llama_cpp does; importing llama_cpp first
+def ggml() -> Any:
+    """libggml as llama_cpp loads it, with the signatures of the registry calls the engine
+    makes (here and in engine.cpu_features) declared once."""
+    from llama_cpp import _ggml
 
     lib = _ggml.libggml
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
@@ -79,6 +81,12 @@ def _ggml() -> Any:
     lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_reg_name.restype = ctypes.c_char_p
     lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ggml_backend_buft_name.restype = ctypes.c_char_p
+    lib.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_dev_memory.restype = None
     lib.ggml_backend_dev_memory.argtypes = [
         ctypes.c_void_p,
@@ -97,7 +105,7 @@ def gpus() -> list[Device]:
 
     Call after llama_backend_init(): the registry is filled when the backends load.
     """
-    lib = _ggml()
+    lib = ggml()
     found: list[Device] = []
     for index in range(lib.ggml_backend_dev_count()):
         handle = lib.ggml_backend_dev_get(index)
@@ -138,7 +146,7 @@ def pick(gpu_device: int | None) -> Device | None:
 def free_memory(device: Device) -> int:
     """The device's free memory now, as its backend reports it (cudaMemGetInfo on CUDA)."""
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    _ggml().ggml_backend_dev_memory(device.handle, ctypes.byref(free), ctypes.byref(total))
+    ggml().ggml_backend_dev_memory(device.handle, ctypes.byref(free), ctypes.byref(total))
     return int(free.value)
 
 

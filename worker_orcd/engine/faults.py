@@ -108,8 +108,8 @@ def _hang_in_c() -> None:
 
 def abort_like_ggml() -> None:
     """What ggml does on a CUDA error: an error line through its log, then ggml_abort."""
-    from llama_cpp import _ggml
+    from worker_orcd.engine.devices import ggml
 
-    lib = _ggml.libggml
+    lib = ggml()
     lib.ggml_log_internal(4, b"CUDA error: injected fault\n")  # GGML_LOG_LEVEL_ERROR
     lib.ggml_abort(b"faults.py", 1, b"CUDA error")
