@@ -41,6 +41,17 @@ def new_job_id() -> str:
     return f"py-{uuid.uuid4().hex}"
 
 
+def _named(
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: str | Sequence[str] | None,
+) -> dict[str, Any]:
+    """The options every job request names (None: not sent)."""
+    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "stop": _stop_list(stop)}
+
+
 def _stop_list(stop: str | Sequence[str] | None) -> list[str] | None:
     if stop is None:
         return None
@@ -192,8 +203,7 @@ class Client(_Base):
         connection is all: the worker cancels the job as a disconnect).
         """
         job_id = job_id or new_job_id()
-        named = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        named["stop"] = _stop_list(stop)
+        named = _named(max_tokens, temperature, top_p, seed, stop)
         return Stream(
             self,
             job_id,
@@ -224,8 +234,7 @@ class Client(_Base):
         model; with stop strings, End's stop_reason "stop" also covers EOS: OpenAI's
         finish_reason does not tell them apart). `model` defaults to the worker's."""
         job_id = job_id or new_job_id()
-        named = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        named["stop"] = _stop_list(stop)
+        named = _named(max_tokens, temperature, top_p, seed, stop)
         body, sent_headers = self._chat_request(messages, job_id, model, named, params, correlation_id, headers)
         return ChatStream(self, job_id, body, sent_headers, cancel_on_exit)
 
@@ -462,8 +471,7 @@ class AsyncClient(_Base):
     ) -> "AsyncStream":
         """Client.stream for asyncio: `async with client.stream(...) as events: async for e in events:`."""
         job_id = job_id or new_job_id()
-        named = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        named["stop"] = _stop_list(stop)
+        named = _named(max_tokens, temperature, top_p, seed, stop)
         return AsyncStream(
             self,
             job_id,
@@ -490,8 +498,7 @@ class AsyncClient(_Base):
     ) -> "AsyncStream":
         """Client.chat for asyncio."""
         job_id = job_id or new_job_id()
-        named = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        named["stop"] = _stop_list(stop)
+        named = _named(max_tokens, temperature, top_p, seed, stop)
         body, sent_headers = self._chat_request(messages, job_id, model, named, params, correlation_id, headers)
         return AsyncChatStream(self, job_id, body, sent_headers, cancel_on_exit)
 
