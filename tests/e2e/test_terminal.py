@@ -115,7 +115,10 @@ def test_a_queued_job_shows_its_place(worker, client):
     """WO-CLIENT-7, WO-JOBS-5: while the job waits behind another, the status line says so."""
     blocker_id, job_id = uid("run-blocker"), uid("run-queued")
     with client.stream(
-        "POST", "/execute", json={"job_id": blocker_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": 400}
+        # Greedy and long: it must outlast the client's start and its first look at the queue.
+        "POST",
+        "/execute",
+        json={"job_id": blocker_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": 1500, "temperature": 0},
     ) as blocker:
         assert blocker.status_code == 200
         wait_until(lambda: client.get(f"/jobs/{blocker_id}").json().get("tokens_out", 0) >= 1, timeout=60)
