@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
+from httpx_sse import EventSource
 
 from bench.harness.processes import free_port
 from bench.harness.rss import rss_bytes
-from worker_orcd.client import sse
-from worker_orcd.client.sse import SseEvent
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 LONG_ANSWER_PROMPT = CHAT.format("Write a long, detailed story about a dragon who learns to bake bread.")
@@ -178,21 +177,42 @@ class WorkerProcess:
         return wait_until(steady, timeout=30, interval=0.025)
 
 
-def iter_events(response: httpx.Response) -> Iterator[SseEvent]:
-    """The events of a streamed response (name, JSON data, read time); pings skipped."""
-    return sse.iter_events(response.iter_bytes())
+@dataclass(frozen=True, slots=True)
+class WireEvent:
+    """One event as the wire carried it: `name`, `raw` (its data), `data` (that data as
+    JSON) and `at` (time.perf_counter() when it was parsed)."""
+
+    name: str
+    raw: str
+    at: float
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.raw)
 
 
-def execute(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> list[SseEvent]:
-    """POST /execute and read the stream to its end."""
+def iter_events(response: httpx.Response) -> Iterator[WireEvent]:
+    """A streamed response's events as they arrive, keep-alive comments skipped.
+
+    Parsed by httpx-sse, not by the package's own reader (worker_orcd.client), which
+    stops at the first terminal event: what the tests check is what the wire carried.
+    """
+    for event in EventSource(response).iter_sse():
+        yield WireEvent(event.event, event.data, time.perf_counter())
+
+
+def read_events(response: httpx.Response) -> list[WireEvent]:
+    """Every event of a streamed response, read to the end of the connection: a second
+    terminal event, or anything after the first, is in the list for the test to see."""
+    return list(iter_events(response))
+
+
+def execute(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> list[WireEvent]:
+    """POST /execute and read the stream to the end of the connection."""
     with client.stream("POST", "/execute", json=body, **kwargs) as response:
         assert response.status_code == 200, response.read()
-        return list(iter_events(response))
+        return read_events(response)
 
 
-def terminal_events(events: list[SseEvent]) -> list[SseEvent]:
-    return [e for e in events if e.name in ("end", "error")]
-
-
-def text_of(events: list[SseEvent]) -> str:
+def text_of(events: list[WireEvent]) -> str:
     return "".join(e.data["t"] for e in events if e.name == "token")

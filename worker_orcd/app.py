@@ -16,6 +16,7 @@ from worker_orcd.http.console_page import CONSOLE_ROUTES
 from worker_orcd.http.correlation import CorrelationIdMiddleware
 from worker_orcd.http.errors import EXCEPTION_HANDLERS
 from worker_orcd.http.limits import RequestLimitsMiddleware
+from worker_orcd.http.offload import Offload
 from worker_orcd.http.openai import OPENAI_ROUTES
 from worker_orcd.http.origin import BrowserGuardMiddleware, HostRule, OriginRule
 from worker_orcd.http.routes import ROUTES
@@ -42,4 +43,5 @@ def create_app(worker: Worker) -> Starlette:
     # No bare 307 from "/health/" to "/health": every non-2xx is a JSON error (WO-ERR-1).
     app.router.redirect_slashes = False
     app.state.worker = worker
+    app.state.offload = Offload()
     return app

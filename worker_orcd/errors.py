@@ -22,6 +22,7 @@ class ErrorCode(str, Enum):
     ENGINE_UNAVAILABLE = "ENGINE_UNAVAILABLE"  # the engine process keeps dying: not ready
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"  # a request not sent whole within --read-timeout-sec
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     # A job's terminal `error` event.

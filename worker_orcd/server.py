@@ -21,6 +21,7 @@ from sse_starlette.sse import AppStatus
 from worker_orcd.app import create_app
 from worker_orcd.config import WorkerConfig
 from worker_orcd.engine.gguf import ModelLoadError
+from worker_orcd.http.protocol import front_options
 from worker_orcd.supervisor.supervisor import EngineStartFailed
 from worker_orcd.log import log_event
 from worker_orcd.worker import ShutdownOnce, Worker
@@ -31,6 +32,7 @@ GIL_SWITCH_SEC = 0.0005  # longest a thread waits for the GIL while another runs
 class WorkerServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, worker: Worker) -> None:
         super().__init__(config)
+        self.worker = worker
         self.drain = ShutdownOnce(worker, then=self._exit_when_drained)
 
     def handle_exit(self, sig: int, frame: object) -> None:
@@ -43,6 +45,13 @@ class WorkerServer(uvicorn.Server):
 
     def _exit_when_drained(self) -> None:
         self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn closes connections and cancels their tasks (a second signal, or an
+        # exit of its own): jobs still open end as shut down, not as their streams'
+        # disconnects. After a completed drain there are none.
+        self.worker.stop_jobs()
+        await super().shutdown(sockets)
 
 
 def run(config: WorkerConfig, sock: socket.socket) -> int:
@@ -70,6 +79,7 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=5,
+            **front_options(config),
         ),
         worker,
     )

@@ -14,8 +14,11 @@ facts, sent after its context was freed).
 
 from __future__ import annotations
 
+import array
+import fcntl
 import pickle
 import struct
+import termios
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,6 +45,11 @@ class Channel:
         with self._send_lock:
             self._conn.send_bytes(data)
 
+    def send_frame(self, data: bytes) -> None:
+        """One frame as it is (fault injection sends one the other side cannot decode)."""
+        with self._send_lock:
+            self._conn.send_bytes(data)
+
     def recv(self) -> dict[str, Any] | tuple[int, int, str]:
         """The next message: a dict, or (run, tokens_out, text) for a token.
 
@@ -52,6 +60,15 @@ class Channel:
             _, run, tokens_out = _TOKEN_HEAD.unpack_from(data)
             return run, tokens_out, data[_TOKEN_HEAD.size :].decode("utf-8")
         return pickle.loads(data[1:])
+
+    def pending(self) -> int:
+        """Bytes the other process has sent that nobody has read yet (0 once closed)."""
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._conn.fileno(), termios.FIONREAD, count)
+        except (OSError, ValueError):
+            return 0
+        return count[0]
 
     def close(self) -> None:
         self._conn.close()

@@ -153,21 +153,25 @@ class Worker:
 
         Queued jobs end at once with WORKER_SHUTDOWN; the running job gets
         `grace_sec` to finish, then is cancelled (its memory released as for any
-        cancel, by force past the hard deadline). Returns when the dispatcher
-        has stopped.
+        cancel, by force past the hard deadline), as is a job the dispatcher took
+        from the queue just before it closed. Returns when the dispatcher has stopped.
         """
-        self.accepting = False
+        self._close_queue()
+        if not self.engine.join(timeout=grace_sec):
+            self.engine.stop_jobs(CancelReason.SHUTDOWN)
+            self.engine.join(timeout=self.config.cancel_deadline_ms / 1000.0 + 30)
+
+    def stop_jobs(self) -> None:
+        """Without waiting: no new jobs, and every job cancelled with WORKER_SHUTDOWN (the
+        server stops at once: a second signal, or uvicorn ending on its own)."""
+        self._close_queue()
+        self.engine.stop_jobs(CancelReason.SHUTDOWN)
+
+    def _close_queue(self) -> None:
+        first, self.accepting = self.accepting, False
         ended = self.manager.end_queued(CancelReason.SHUTDOWN)
-        log_event("shutdown_draining", queued_ended=len(ended))
-        deadline = time.monotonic() + grace_sec
-        # The dispatcher exits once the queue is closed and its job has ended.
-        while not self.engine.join(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                active = self.engine.active
-                if active is not None:
-                    self.manager.cancel_job(active, CancelReason.SHUTDOWN)
-                self.engine.join(timeout=self.config.cancel_deadline_ms / 1000.0 + 30)
-                break
+        if first:
+            log_event("shutdown_draining", queued_ended=len(ended))
 
     def close(self) -> None:
         """End the engine process (after `drain`) and close the ledger."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.helpers import wait_idle
+from tests.support import WorkerProcess
 
 
 @pytest.fixture
@@ -14,3 +15,20 @@ def worker_idle(worker):
     yield
     with worker.client() as c:
         wait_idle(c)
+
+
+@pytest.fixture
+def own_worker():
+    """Workers of a test's own (at 1 thread), which it may kill, hang and restart; each
+    still running is stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, state_dir=None) -> WorkerProcess:
+        w = WorkerProcess(args=["--threads", "1", *args], env=env or {}, state_dir=state_dir).start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if w.proc is not None and w.proc.poll() is None:
+            w.stop()

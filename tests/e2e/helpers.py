@@ -2,26 +2,66 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import httpx
 
-from tests.support import CHAT, LONG_PROMPT, SseEvent, WorkerProcess, wait_until
-from worker_orcd.client import Client, IncompleteStream, StreamEvent, WorkerError
+from tests.support import CHAT, LONG_ANSWER_PROMPT, LONG_PROMPT, WireEvent, WorkerProcess, iter_events, wait_until
 
 SHORT_PROMPT = CHAT.format("What is the capital of France?")
 # Answered greedily with "The capital of France is Paris." and EOS.
 SHORT_ANSWER = "The capital of France is Paris."
 CORRELATION_HEADER = "X-Correlation-Id"
-AnyEvent = Union[SseEvent, StreamEvent]  # both have name, data and at
 
 
 def uid(prefix: str) -> str:
     """A job id no other test uses, so the shared worker can be reused."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def long_answer_job(job_id: str, max_tokens: int = 1500) -> dict[str, Any]:
+    """A job that decodes for seconds (greedy, over a thousand tokens): it runs while a test acts."""
+    return {"job_id": job_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": max_tokens, "temperature": 0}
+
+
+def short_job(job_id: str) -> dict[str, Any]:
+    """A job that ends in a moment."""
+    return {"job_id": job_id, "prompt": CHAT.format("Name three colours."), "max_tokens": 8, "temperature": 0}
+
+
+def engine_of(worker: WorkerProcess) -> dict:
+    with worker.client() as c:
+        return c.get("/health").json()["engine"]
+
+
+def wait_engine(worker: WorkerProcess, state: str, *, not_pid: int | None = None, timeout: float = 30.0) -> dict:
+    def seen() -> dict | None:
+        engine = engine_of(worker)
+        fresh = not_pid is None or engine["pid"] != not_pid
+        return engine if engine["state"] == state and fresh else None
+
+    return wait_until(seen, timeout, interval=0.02)
+
+
+def live_children(pid: int) -> list[int]:
+    """The child processes of `pid` that still run (zombies left out)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return [c for c in found if not _gone(c)]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def long_prompt_job(job_id: str, **extra: Any) -> dict[str, Any]:
@@ -30,8 +70,9 @@ def long_prompt_job(job_id: str, **extra: Any) -> dict[str, Any]:
 
 
 class StreamThread:
-    """POST /execute on its own thread and connection, through worker_orcd.client, collecting
-    the typed events as they come (each has `name`, `data` and `at`, as a raw SSE event)."""
+    """POST /execute on its own thread and connection, collecting the events as they come
+    until the worker closes the stream (tests.support.iter_events: the wire, read to its
+    end, so whatever follows a terminal event is collected too)."""
 
     def __init__(
         self,
@@ -39,17 +80,17 @@ class StreamThread:
         body: dict[str, Any],
         *,
         headers: dict[str, str] | None = None,
-        on_event: Callable[["StreamThread", StreamEvent], None] | None = None,
+        on_event: Callable[["StreamThread", WireEvent], None] | None = None,
     ) -> None:
         self.worker = worker
         self.body = body
-        self.job_id = body.get("job_id")
+        self.job_id = body["job_id"]
         self.headers = headers
         self.on_event = on_event
-        self.events: list[StreamEvent] = []
+        self.events: list[WireEvent] = []
         self.status: int | None = None
         self.response_headers: httpx.Headers | None = None
-        self.error: WorkerError | None = None  # the worker's answer when it was not 200
+        self.error: dict[str, Any] | None = None  # the worker's error when it did not answer 200
         self.exception: BaseException | None = None
         self.opened = threading.Event()  # response headers received
         self.done = threading.Event()
@@ -61,31 +102,23 @@ class StreamThread:
         return self
 
     def _run(self) -> None:
-        body = dict(self.body)
-        prompt = body.pop("prompt")
         try:
-            with self.worker.client() as http:
-                api = Client(http_client=http)
-                # The tests send their cancels themselves; a stream that breaks off only hangs up.
-                stream = api.stream(prompt, headers=self.headers, cancel_on_exit=False, **body)
-                self.job_id = stream.job_id
-                try:
-                    stream.open()
-                except WorkerError as exc:
-                    self.status, self.error = exc.status, exc
+            with self.worker.client() as http, http.stream(
+                "POST", "/execute", json=self.body, headers=self.headers
+            ) as response:
+                self.status = response.status_code
+                self.response_headers = response.headers
+                if response.status_code != 200:
+                    response.read()
+                    self.error = response.json()["error"]
                     return
-                with stream:
-                    self.status = stream.response.status_code
-                    self.response_headers = stream.response.headers
-                    self.opened.set()
-                    for event in stream:
-                        with self._cond:
-                            self.events.append(event)
-                            self._cond.notify_all()
-                        if self.on_event is not None:
-                            self.on_event(self, event)
-        except IncompleteStream:
-            pass  # a stream cut without its terminal event: the tests look at `events`
+                self.opened.set()
+                for event in iter_events(response):
+                    with self._cond:
+                        self.events.append(event)
+                        self._cond.notify_all()
+                    if self.on_event is not None:
+                        self.on_event(self, event)
         except BaseException as exc:  # reported by join()
             self.exception = exc
         finally:
@@ -94,7 +127,7 @@ class StreamThread:
                 self.done.set()
                 self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[StreamEvent]], bool], timeout: float = 30.0) -> None:
+    def wait_for(self, predicate: Callable[[list[WireEvent]], bool], timeout: float = 30.0) -> None:
         with self._cond:
             ok = self._cond.wait_for(lambda: predicate(self.events) or self.done.is_set(), timeout)
             assert ok and predicate(self.events), (
@@ -104,7 +137,7 @@ class StreamThread:
     def wait_tokens(self, n: int, timeout: float = 30.0) -> None:
         self.wait_for(lambda evs: sum(e.name == "token" for e in evs) >= n, timeout)
 
-    def join(self, timeout: float = 60.0) -> list[StreamEvent]:
+    def join(self, timeout: float = 60.0) -> list[WireEvent]:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"stream {self.job_id} did not end within {timeout}s"
         if self.exception is not None:
@@ -158,7 +191,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return error
 
 
-def terminal(events: Sequence[AnyEvent]) -> AnyEvent:
+def terminal(events: Sequence[WireEvent]) -> WireEvent:
     """The one terminal event, which must be the last."""
     ends = [e for e in events if e.name in ("end", "error")]
     assert len(ends) == 1, [e.name for e in events]
@@ -166,7 +199,7 @@ def terminal(events: Sequence[AnyEvent]) -> AnyEvent:
     return ends[0]
 
 
-def assert_well_formed(events: Sequence[AnyEvent]) -> None:
+def assert_well_formed(events: Sequence[WireEvent]) -> None:
     """`started`, tokens indexed 0.. without gaps, one terminal event last (section 3)."""
     assert events and events[0].name == "started", [e.name for e in events]
     terminal(events)

@@ -37,7 +37,8 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests.support import WorkerProcess, wait_until
+from tests.e2e.helpers import assert_well_formed, terminal
+from tests.support import WorkerProcess, execute, wait_until
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "openapi.json"
 MAX_FUZZ_TOKENS = 4  # a generated job never asks for more
@@ -561,13 +562,10 @@ def test_worker_is_healthy_after_fuzzing(fuzz_worker):
     health = wait_until(idle, timeout=60, interval=0.1)
     assert health["status"] == "healthy"
     # And it still runs a job to its end.
-    with httpx.Client(base_url=fuzz_worker.url, timeout=60) as c:
-        with c.stream(
-            "POST", "/execute", json={"job_id": "after-fuzz", "prompt": "Hello", "max_tokens": 3}
-        ) as r:
-            assert r.status_code == 200
-            text = r.read().decode()
-    assert "event: started" in text and text.count("event: end") == 1
+    with fuzz_worker.client() as c:
+        events = execute(c, {"job_id": "after-fuzz", "prompt": "Hello", "max_tokens": 3})
+    assert_well_formed(events)
+    assert terminal(events).name == "end"
     assert not fuzz_worker.log.events("http_internal_error")
     assert not fuzz_worker.log.events("job_internal_error")
 

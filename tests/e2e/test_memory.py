@@ -39,17 +39,27 @@ def test_memory_returns_to_idle_after_cancel(fresh_worker):
         wait_idle(c)
         idle = w.settled_rss()
 
+        # WO-CANCEL-4: the job's memory is back before CANCELLED is sent, so resident
+        # memory read the moment the event is parsed is already at idle.
+        at_cancelled: list[int] = []
+
+        def read_rss_at_terminal(_stream: StreamThread, event) -> None:
+            if event.name in ("end", "error"):
+                at_cancelled.append(w.rss_bytes())
+
         for n in range(3):  # cancelled while generating
             job_id = uid(f"mem-decode{n}")
-            s = StreamThread(w, {"job_id": job_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": 400}).start()
+            body = {"job_id": job_id, "prompt": LONG_ANSWER_PROMPT, "max_tokens": 400}
+            s = StreamThread(w, body, on_event=read_rss_at_terminal).start()
             s.wait_tokens(2)
             cancel(c, job_id)
             assert terminal(s.join()).data["code"] == "CANCELLED"
         job_id = uid("mem-prompt")  # cancelled inside the prompt
-        s = StreamThread(w, long_prompt_job(job_id)).start()
+        s = StreamThread(w, long_prompt_job(job_id), on_event=read_rss_at_terminal).start()
         wait_active(c, job_id)
         cancel(c, job_id)
         assert terminal(s.join()).data["code"] == "CANCELLED"
+        assert len(at_cancelled) == 4 and max(at_cancelled) <= idle + SLACK, (idle, at_cancelled)
         for n in range(2):  # completed
             events = execute(c, {"job_id": uid(f"mem-done{n}"), "prompt": SHORT_PROMPT, "max_tokens": 16})
             assert terminal(events).name == "end"

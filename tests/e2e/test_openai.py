@@ -8,12 +8,11 @@ import json
 import socket
 import threading
 
-import httpx
 import openai
 import pytest
 
 from tests.e2e.helpers import assert_error, cancel, job_of, uid, wait_active, wait_job
-from tests.support import CHAT, WorkerProcess, execute, text_of, wait_until
+from tests.support import CHAT, WorkerProcess, execute, iter_events, read_events, text_of, wait_until
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 
@@ -42,16 +41,6 @@ def model(worker) -> str:
 def api(worker) -> openai.OpenAI:
     with oai(worker) as client:
         yield client
-
-
-def raw_events(response: httpx.Response) -> list[str]:
-    """The `data:` payloads of an OpenAI stream, as text."""
-    out = []
-    for block in response.read().decode().split("\n\n"):
-        lines = [line[len("data: ") :] for line in block.split("\n") if line.startswith("data: ")]
-        if lines:
-            out.append("\n".join(lines))
-    return out
 
 
 # -- models ------------------------------------------------------------------------------
@@ -127,8 +116,10 @@ def test_stream_wire_format(worker, model):
     body = {"model": model, "messages": FRANCE, "temperature": 0, "max_tokens": 3, "stream": True}
     with worker.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        payloads = raw_events(r)
-    assert payloads[-1] == "[DONE]"
+        events = read_events(r)
+    assert {e.name for e in events} == {"message"}  # `data:` lines only, as OpenAI sends them
+    payloads = [e.raw for e in events]
+    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, None, "length"]
     for chunk in chunks:
@@ -191,6 +182,27 @@ def test_cancel_by_id_mid_stream(api, client, model):
     assert job["state"] == "cancelled" and job["cancel_reason"] == "client"
     assert job["tokens_out"] == error.body["tokens_out"]
     assert job["text"] == "".join(c.choices[0].delta.content or "" for c in chunks)
+
+
+def test_a_cancelled_stream_ends_with_one_error_line_and_no_done(worker, client, model):
+    """WO-OAI-8 on the wire, read to the stream's end (the openai client stops at the error):
+    the error object is the last line, the only one, and no `[DONE]` comes."""
+    job_id = uid("oai-cancel-wire")
+    body = {"model": model, "messages": STORY, "temperature": 0, "max_tokens": 400, "stream": True}
+    with worker.client() as c, c.stream("POST", "/v1/chat/completions", json=body, headers={REQUEST_ID: job_id}) as r:
+        assert r.status_code == 200
+        payloads = []
+        for event in iter_events(r):
+            payloads.append(event.raw)
+            if len(payloads) == 4:  # the role chunk and three tokens
+                cancel(client, job_id)
+    assert "[DONE]" not in payloads
+    errors = [p for p in payloads if "error" in json.loads(p)]
+    assert errors == [payloads[-1]], payloads[-3:]
+    error = json.loads(errors[0])["error"]
+    assert error["code"] == "CANCELLED" and error["type"] == "cancelled"
+    job = job_of(client, job_id)
+    assert job["state"] == "cancelled" and (job["stop_ms"], job["cancel_ms"]) == (error["stop_ms"], error["cancel_ms"])
 
 
 def test_cancel_of_a_whole_answer(worker, client, model):

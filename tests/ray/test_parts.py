@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.unit.test_early_cancels import Clock  # the directory's clock, moved by the test
 from worker_orcd.jobs.job import Job, Sampling
 from worker_orcd.jobs.ledger import Ledger
 from worker_orcd.serve_ray import directory as directory_module
@@ -82,20 +83,78 @@ def test_a_cancel_before_the_bind_is_handed_to_the_binding_replica():
         assert await d.claim("t", "refused") is True
         await d.locate("t", "refused", for_cancel=True)
         await d.release("t", "refused")
-        assert (await d.entry("t", "refused"))["state"] == "cancel"
+        assert await d.entry("t", "refused") is None
+        assert await d.claim("t", "refused") is True
+        assert await d.bind("t", "refused", "r1") is True
 
     run(scenario())
 
 
-def test_a_cancel_mark_lasts_as_long_as_a_workers_early_cancel(monkeypatch):
+def test_a_cancel_mark_lasts_as_long_as_a_workers_early_cancel():
     async def scenario():
-        d = JobDirectory(cancel_mark_sec=60.0)
+        clock = Clock()
+        d = JobDirectory(cancel_mark_sec=60.0, clock=clock)
         await d.locate("t", "j", for_cancel=True)
-        now = time.monotonic()
-        monkeypatch.setattr(directory_module.time, "monotonic", lambda: now + 61.0)
-        assert await d.entry("t", "j") is None
+        clock.now += 61.0
         assert await d.claim("t", "j") is True
         assert await d.bind("t", "j", "r1") is False
+
+    run(scenario())
+
+
+def test_a_flood_of_cancels_for_unknown_ids_evicts_neither_live_jobs_nor_other_tenants_marks(monkeypatch):
+    """WO-RAY-13: live (claimed, bound) ids are never evicted; ended ones are remembered
+    up to MAX_JOBS, the oldest forgotten first; cancel marks are bounded per tenant, as
+    a worker bounds its early cancels (1,024)."""
+    monkeypatch.setattr(directory_module, "MAX_JOBS", 8)
+
+    async def scenario():
+        d = JobDirectory()
+        assert await d.claim("alice", "running") and not await d.bind("alice", "running", "r1")
+        assert await d.claim("alice", "waiting")  # Serve holds its execute
+        await d.locate("alice", "early", for_cancel=True)  # a cancel before its execute
+        for n in range(10):
+            assert await d.claim("alice", f"done-{n}") and not await d.bind("alice", f"done-{n}", "r1")
+            await d.ended("alice", f"done-{n}")
+        for n in range(2000):  # anyone may send these: bob's token, unknown ids
+            await d.locate("bob", f"flood-{n}", for_cancel=True)
+        # Alice's live ids and her mark survive the flood.
+        assert await d.claim("alice", "running") is False
+        assert (await d.locate("alice", "running"))["owner_id"] == "r1"
+        assert await d.claim("alice", "waiting") is False
+        assert await d.claim("alice", "early") is True and await d.bind("alice", "early", "r1") is True
+        # The newest MAX_JOBS ended ids stay taken; older ones are free again.
+        assert await d.claim("alice", "done-9") is False and await d.claim("alice", "done-2") is False
+        assert await d.claim("alice", "done-1") is True
+        # Bob's flood evicted only his own oldest marks.
+        assert await d.claim("bob", "flood-1999") is True and await d.bind("bob", "flood-1999", "r1") is True
+        assert await d.claim("bob", "flood-0") is True and await d.bind("bob", "flood-0", "r1") is False
+
+    run(scenario())
+
+
+def test_a_claim_lapses_only_when_its_router_stops_renewing_it():
+    """WO-RAY-14: a claim whose router died (no renewal for CLAIM_SEC) frees its id, and a
+    cancel that came for it is kept as a mark; a gone replica's bound jobs end, ids kept."""
+
+    async def scenario():
+        clock = Clock()
+        d = JobDirectory(clock=clock)
+        assert await d.claim("t", "held") and await d.claim("t", "orphan")
+        await d.locate("t", "orphan", for_cancel=True)
+        for _ in range(3):
+            clock.now += directory_module.CLAIM_SEC * 0.9
+            await d.renew("t", "held")
+        assert await d.claim("t", "held") is False
+        assert await d.claim("t", "orphan") is True and await d.bind("t", "orphan", "r1") is True
+        w = asyncio.ensure_future(d.watch("r1", "http://a", "n", "s1"))
+        await asyncio.sleep(0)
+        assert await d.jobs_of("r1") == [["t", "orphan"]]
+        await d.unregister("r1")
+        assert await d.jobs_of("r1") == []
+        assert (await d.entry("t", "orphan"))["state"] == "ended"
+        assert await d.claim("t", "orphan") is False
+        w.cancel()
 
     run(scenario())
 
@@ -326,7 +385,7 @@ class FakeDirectory:
         self.release = _Method(lambda t, j: None)
 
 
-def _router(monkeypatch, directory, handler, workers=None):
+def _router(monkeypatch, directory, handler, workers=None, settings: ServeSettings | None = None):
     from worker_orcd.serve_ray import router as router_module
 
     monkeypatch.setattr(router_module, "get_directory", lambda *a: directory)
@@ -335,7 +394,7 @@ def _router(monkeypatch, directory, handler, workers=None):
         def options(self, **_):
             return workers
 
-    r = router_module.Router(Workers(), ServeSettings(replicas=2).to_dict())
+    r = router_module.Router(Workers(), (settings or ServeSettings(replicas=2)).to_dict())
     r.http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return r
 
@@ -413,3 +472,295 @@ def test_a_full_serve_queue_is_503_worker_busy_and_shutdown_is_forbidden(monkeyp
     assert released == ["j"]  # nothing was queued: the id is free again
     answer = asyncio.run(router(_request("POST", "/shutdown")))
     assert answer.status_code == 403 and json.loads(answer.body)["error"]["code"] == "FORBIDDEN"
+
+
+class LocalDirectory:
+    """A real JobDirectory in the test's event loop, called as the router calls the actor."""
+
+    def __init__(self, directory: JobDirectory | None = None) -> None:
+        self.directory = directory or JobDirectory()
+        self.calls: list[str] = []
+        self.tasks: list[asyncio.Future] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.directory, name)
+        calls, tasks = self.calls, self.tasks
+
+        class Remote:
+            @staticmethod
+            def remote(*args):
+                calls.append(name)
+                task = asyncio.ensure_future(method(*args))
+                tasks.append(task)
+                return task
+
+        return Remote()
+
+    async def settled(self) -> None:
+        """Until every call sent so far (awaited or not) has run."""
+        await asyncio.gather(*self.tasks)
+
+
+class HeldStream:
+    """A replica's stream that Serve holds in its queue until `first` is given."""
+
+    def __init__(self, first=None, error: Exception | None = None) -> None:
+        self.error = error
+        self.first = first
+        self.given = asyncio.Event()
+        self.awaited = False
+        self.cancelled = False
+        if first is not None or error is not None:
+            self.given.set()
+
+    async def __anext__(self):
+        self.awaited = True
+        await self.given.wait()
+        if self.error is not None:
+            raise self.error
+        return self.first
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class StreamOf:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def remote(self, *args):
+        return self.stream
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_an_execute_that_reaches_no_worker_releases_its_claim(monkeypatch):
+    """WO-RAY-14: the client leaves while Serve holds the execute, the replica fails before
+    answering, the router fails: each frees the id.
+    While Serve holds it, the router renews its claim."""
+    pytest.importorskip("ray.serve.exceptions")  # the router tells Serve's own failures apart
+    from worker_orcd.serve_ray import router as router_module
+
+    body = b'{"job_id": "j", "prompt": "x"}'
+
+    async def scenario():
+        local = LocalDirectory()
+        d = local.directory
+
+        # Serve holds the execute; the client leaves.
+        held = HeldStream()
+        router = _router(monkeypatch, local, lambda r: httpx.Response(200), workers=StreamOf(held))
+        call = asyncio.ensure_future(router(_request("POST", "/execute", body)))
+        await _until(lambda: held.awaited)
+        assert (await d.entry("", "j"))["state"] == "claimed"
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await local.settled()
+        assert held.cancelled and await d.entry("", "j") is None
+
+        # The replica fails before it answers.
+        failed = HeldStream(error=RuntimeError("the replica's actor died"))
+        router = _router(monkeypatch, local, lambda r: httpx.Response(200), workers=StreamOf(failed))
+        answer = await router(_request("POST", "/execute", body))
+        assert answer.status_code == 503 and json.loads(answer.body)["error"]["code"] == "REPLICA_FAILED"
+        await local.settled()
+        assert await d.entry("", "j") is None
+
+        # The router fails on the replica's answer.
+        broken = HeldStream(first={"unexpected": True})
+        router = _router(monkeypatch, local, lambda r: httpx.Response(200), workers=StreamOf(broken))
+        answer = await router(_request("POST", "/execute", body))
+        assert answer.status_code == 500 and json.loads(answer.body)["error"]["code"] == "INTERNAL"
+        await local.settled()
+        assert broken.cancelled and await d.entry("", "j") is None
+
+        # While Serve holds it, the claim is renewed; the execute then goes on as usual.
+        monkeypatch.setattr(router_module, "CLAIM_RENEW_SEC", 0.01)
+        held = HeldStream()
+        router = _router(monkeypatch, local, lambda r: httpx.Response(200), workers=StreamOf(held))
+        call = asyncio.ensure_future(router(_request("POST", "/execute", body)))
+        await _until(lambda: "renew" in local.calls)
+        held.first = {"status": 409, "headers": [], "replica": "r1", "url": "http://w:2", "job_id": "j"}
+        held.given.set()
+        assert (await call).status_code == 409 and not held.cancelled
+
+    run(scenario())
+
+
+def test_a_directory_that_restarted_empty_keeps_the_known_workers(monkeypatch):
+    """WO-RAY-15: right after the directory restarts it lists no replica; cancels and
+    look-ups still reach the workers last listed, until the replicas report again."""
+    reached: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reached.append(f"{request.url.port} {request.url.path}")
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "healthy", "ready": True})
+        return httpx.Response(202, json={"status": "cancelling", "job_id": "j"})
+
+    directory = FakeDirectory([("r1", "http://w:2")])
+    router = _router(monkeypatch, directory, handler)
+
+    async def scenario():
+        assert (await router(_request("POST", "/cancel", b'{"job_id": "j"}'))).status_code == 202
+        directory.replicas = []  # restarted: nothing registered yet
+        answer = await router(_request("POST", "/cancel", b'{"job_id": "j"}'))
+        assert answer.status_code == 202 and answer.headers["X-Cancel-Route"] == "fanout"
+        assert json.loads((await router(_request("GET", "/health"))).body)["status"] == "healthy"
+        assert reached == ["2 /cancel", "2 /cancel", "2 /health"]
+        directory.replicas = [("r2", "http://w:3")]  # the replicas called again
+        assert (await router(_request("POST", "/cancel", b'{"job_id": "j"}'))).status_code == 202
+        assert reached[-1] == "3 /cancel"
+
+    run(scenario())
+
+
+def test_a_look_up_the_workers_refuse_reads_no_ledger(monkeypatch, tmp_path: Path):
+    """WO-RAY-8, WO-AUTH-7: a dead replica's ledger answers only a caller the workers let
+    in: their refusal (HOST_NOT_ALLOWED) is passed on, and with no worker reachable the
+    answer is 503, not the ledger."""
+    slot = take_slot(tmp_path)
+    ledger = Ledger(slot.path / "jobs.sqlite3")
+    _running_job(ledger, "", "j")
+    ledger.close()
+    slot.release()  # its replica died
+    answers = {"status": 403}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if answers["status"] == 0:
+            raise httpx.ConnectError("refused")
+        code = "HOST_NOT_ALLOWED" if answers["status"] == 403 else "JOB_NOT_FOUND"
+        return httpx.Response(answers["status"], json={"error": {"code": code, "message": "m"}})
+
+    directory = FakeDirectory([("r1", "http://w:2"), ("r2", "http://w:3")])
+    router = _router(monkeypatch, directory, handler, settings=ServeSettings(replicas=2, state_base=str(tmp_path)))
+    answer = asyncio.run(router(_request("GET", "/jobs/j", headers={"Host": "evil.example"})))
+    assert answer.status_code == 403 and json.loads(answer.body)["error"]["code"] == "HOST_NOT_ALLOWED"
+    assert "X-Job-Source" not in answer.headers
+    answers["status"] = 0
+    answer = asyncio.run(router(_request("GET", "/jobs/j")))
+    assert answer.status_code == 503 and json.loads(answer.body)["error"]["code"] == "REPLICA_UNAVAILABLE"
+    answers["status"] = 404
+    answer = asyncio.run(router(_request("GET", "/jobs/j")))
+    assert answer.status_code == 200 and answer.headers["X-Job-Source"] == "ledger"
+    assert json.loads(answer.body)["error"]["code"] == "WORKER_RESTARTED"
+
+
+def test_the_router_bounds_request_bodies_as_a_worker_does(monkeypatch):
+    """WO-RAY-16, WO-LIMIT-1: a body over the workers' --max-body-bytes is a 413
+    PAYLOAD_TOO_LARGE JSON error, said by Content-Length or counted as it arrives; nothing
+    is claimed or sent on."""
+    sent: list[str] = []
+
+    class Workers:
+        def remote(self, *args):
+            sent.append("execute")
+            return HeldStream(error=RuntimeError("not to be sent"))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(202, json={"status": "cancelling", "job_id": "j"})
+
+    local = LocalDirectory()
+    settings = ServeSettings(replicas=2, worker_args=("--max-body-bytes", "1000"))
+    router = _router(monkeypatch, local, handler, workers=Workers(), settings=settings)
+    local.directory.replicas["r1"] = directory_module.Replica("r1", "http://w:2", "n", "s", time.monotonic())
+    big = json.dumps({"job_id": "j", "prompt": "x" * 2000}).encode()
+
+    async def scenario():
+        for path, headers in [
+            ("/execute", {"Content-Length": str(len(big))}),
+            ("/execute", {}),
+            ("/v1/completions", {}),
+            ("/cancel", {}),
+        ]:
+            answer = await router(_request("POST", path, big, headers))
+            assert answer.status_code == 413, (path, answer.body)
+            error = json.loads(answer.body)["error"]
+            assert error["code"] == "PAYLOAD_TOO_LARGE" and "1000 bytes" in error["message"]
+            assert error["correlation_id"] == answer.headers["X-Correlation-Id"]
+        await local.settled()
+        assert sent == [] and "claim" not in local.calls
+        # At the limit, a body goes through.
+        padded = b'{"job_id": "j"}'.ljust(1000)
+        assert (await router(_request("POST", "/cancel", padded))).status_code == 202
+        assert sent == ["/cancel"]
+
+    run(scenario())
+
+
+def _streamed(status: int, body: dict, job_id: str) -> httpx.Response:
+    """A worker's answer as the replica reads it: its bytes as they come."""
+    return httpx.Response(status, headers={"x-request-id": job_id}, stream=httpx.ByteStream(json.dumps(body).encode()))
+
+
+def _replica(local: LocalDirectory, handler):
+    """A Worker replica's job relay, on a worker of the test's own (MockTransport)."""
+    from worker_orcd.serve_ray.replica import WorkerReplica
+
+    class Relay(WorkerReplica):
+        def __del__(self) -> None:  # no worker process to stop
+            pass
+
+    replica = Relay.__new__(Relay)  # no worker process: its relay alone
+    replica.replica_id, replica.url, replica.directory = "r1", "http://w:2", local
+    replica.active, replica.idle = 0, asyncio.Event()
+    replica.http = httpx.AsyncClient(base_url="http://w:2", transport=httpx.MockTransport(handler))
+    return replica
+
+
+def test_a_completion_not_streamed_owns_its_id_from_acceptance_to_retention():
+    """WO-RAY-17, WO-JOB-3: a non-streamed completion (answered only at its end) is bound
+    as its replica sends it, so a cancel finds its owner while it runs; one that ended with
+    an error keeps its id; one its worker refused frees it."""
+
+    async def relay(replica, job_id: str, body: dict) -> list:
+        stream = replica.execute(
+            "/v1/completions", "", [("x-request-id", job_id)], json.dumps(body).encode(), "", job_id, True
+        )
+        return [part async for part in stream]
+
+    async def scenario():
+        local = LocalDirectory()
+        d = local.directory
+        seen: dict[str, object] = {}
+        ledger: set[str] = set()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "GET":  # the replica asks whether its worker holds the id
+                job_id = request.url.path.rsplit("/", 1)[1]
+                return httpx.Response(200 if job_id in ledger else 404, json={})
+            job_id = request.headers["x-request-id"]
+            entry = await d.entry("", job_id)
+            seen[job_id] = (entry["state"], entry["owner"])  # as the worker takes the job
+            if job_id == "refused":
+                return _streamed(429, {"error": {"code": "TENANT_BUSY"}}, job_id)
+            ledger.add(job_id)
+            if json.loads(request.content).get("stream"):
+                return _streamed(200, {"choices": []}, job_id)
+            return _streamed(499, {"error": {"code": "CANCELLED", "message": "Job cancelled by client request"}}, job_id)
+
+        replica = _replica(local, handler)
+        for job_id in ("cancelled", "refused"):
+            assert await d.claim("", job_id)
+            parts = await relay(replica, job_id, {"model": "m", "prompt": "x"})
+            assert parts[0]["status"] in (499, 429)
+        await local.settled()
+        assert seen == {"cancelled": ("bound", "r1"), "refused": ("bound", "r1")}
+        assert (await d.entry("", "cancelled"))["state"] == "ended"
+        assert await d.claim("", "cancelled") is False  # the tenant's id, as on one worker
+        assert await d.entry("", "refused") is None and await d.claim("", "refused") is True
+        # A streamed completion is bound once its worker accepts it (its 200), not before.
+        assert await d.claim("", "streamed")
+        assert (await relay(replica, "streamed", {"model": "m", "prompt": "x", "stream": True}))[0]["status"] == 200
+        await local.settled()
+        assert seen["streamed"] == ("claimed", None)
+        assert (await d.entry("", "streamed"))["state"] == "ended"
+
+    run(scenario())

@@ -47,6 +47,12 @@ def pause(seconds: float) -> None:
     threading.Event().wait(seconds)
 
 
+def model_of(http: httpx.Client) -> str:
+    models = http.get("/v1/models")
+    assert models.status_code == 200, models.text  # the workers have the OpenAI routes
+    return models.json()["data"][0]["id"]
+
+
 def record(http: httpx.Client, job_id: str) -> dict[str, Any]:
     r = http.get(f"/jobs/{job_id}")
     assert r.status_code == 200, r.text
@@ -144,14 +150,11 @@ def test_a_cancel_that_overtakes_its_execute_cancels_it(cluster: Cluster):
 
 
 def test_openai_routes_through_serve(cluster: Cluster):
-    """WO-RAY-1: the OpenAI routes where the worker has them; the completion's id is the job
-    id, so POST /cancel and GET /jobs/{id} take it through the address."""
+    """WO-RAY-1: the OpenAI routes through the address; the completion's id is the job id,
+    so POST /cancel and GET /jobs/{id} take it through the address."""
     cluster.settle(2)
     with cluster.client() as http:
-        models = http.get("/v1/models")
-        if models.status_code == 404:
-            pytest.skip("this worker has no OpenAI routes")
-        model = models.json()["data"][0]["id"]
+        model = model_of(http)
         job_id = uid("oai")
         chunks: list[str] = []
         got_some = threading.Event()
@@ -174,6 +177,35 @@ def test_openai_routes_through_serve(cluster: Cluster):
         last = json.loads(chunks[-1])
         assert last["error"]["code"] == "CANCELLED", chunks[-3:]
         assert wait_record(http, job_id)["state"] == "cancelled"
+
+
+def test_a_completion_not_streamed_is_found_while_it_runs_and_keeps_its_id(cluster: Cluster):
+    """WO-RAY-17, WO-JOB-3: a non-streamed completion, which its worker answers only at its
+    end, is bound to its replica while it runs (its cancel goes to the owner), and once it
+    ended with an error (CANCELLED) its id is still the tenant's: a repeat is a 409."""
+    cluster.settle(2)
+    job_id = uid("plain")
+    answer: dict[str, httpx.Response] = {}
+    with cluster.client() as http:
+        body = {"model": model_of(http), "prompt": LONG_ANSWER_PROMPT, "max_tokens": 1024, "temperature": 0}
+
+        def call() -> None:
+            with cluster.client() as h:
+                answer["r"] = h.post("/v1/completions", json=body, headers={"X-Request-Id": job_id})
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        entry = wait_until(lambda: (e := cluster.entry("alice", job_id)) and e["state"] == "bound" and e, timeout=30)
+        wait_until(lambda: (r := http.get(f"/jobs/{job_id}")).status_code == 200 and r.json()["state"] == "running")
+        r = cancel(http, job_id)
+        assert r.headers["X-Cancel-Route"] == "owner", r.headers
+        caller.join(60)
+        assert answer["r"].status_code == 499 and answer["r"].json()["error"]["code"] == "CANCELLED", answer["r"].text
+        assert wait_record(http, job_id)["state"] == "cancelled"
+        ended = cluster.entry("alice", job_id)
+        assert (ended["state"], ended["owner"]) == ("ended", entry["owner"]), ended
+        again = http.post("/v1/completions", json={**body, "max_tokens": 4}, headers={"X-Request-Id": job_id})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "JOB_EXISTS", again.text
 
 
 # -- tenants ---------------------------------------------------------------------------------

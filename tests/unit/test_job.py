@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.helpers import cancelled, completed, failed, make_job
 from worker_orcd.errors import ErrorCode
+from worker_orcd.jobs import events
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import JobState, Phase
 from worker_orcd.jobs.outcomes import cancel_error
@@ -259,3 +260,45 @@ def test_cancel_error_codes(reason, code, retriable):
     got_code, message, got_retriable = cancel_error(reason)
     assert (got_code, got_retriable) == (code, retriable)
     assert message
+
+
+def test_tokens_racing_the_terminal_event_never_follow_it():
+    """WO-JOB-2: the channel's reader emits tokens while another thread (a forced cancel,
+    a shutdown) finishes the job: nothing is emitted after the terminal event, and the
+    sink being cleared under the emitter never breaks it."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    errors: list[BaseException] = []
+    try:
+        for i in range(200):
+            job, sink = make_job(f"emit-race-{i}")
+            record = job.sink
+
+            def slow_sink(event, record=record) -> None:  # as the real channel: a lock, a wake-up
+                for _ in range(200):
+                    pass
+                record(event)
+
+            job.sink = slow_sink
+            assert job.start()
+            go = threading.Barrier(2)
+
+            def tokens() -> None:
+                go.wait()
+                try:
+                    for n in range(300):
+                        job.emit(events.token("x", n))
+                except BaseException as exc:  # noqa: BLE001 - any error is the finding
+                    errors.append(exc)
+
+            emitter = threading.Thread(target=tokens)
+            emitter.start()
+            go.wait()
+            for _ in range(random.randrange(50)):
+                pass
+            job.finish(cancelled())
+            emitter.join()
+            assert not errors, errors
+            assert sink.events[-1].terminal and len(sink.terminal()) == 1
+    finally:
+        sys.setswitchinterval(old)

@@ -10,6 +10,14 @@ the prefix meets the fault:
 - `abort=<prefix>`: after its 3rd token the engine does what ggml does on a
   CUDA error: logs `CUDA error: injected fault` through ggml's log and calls
   `ggml_abort`, which writes to standard error and kills the process (SIGABRT).
+- `garble=<prefix>`: after its 3rd token the engine sends the front a frame it
+  cannot decode: a broken channel, which the front treats as the engine's death;
+- `die_on_cancel=<prefix>`: when the run sees its raised cancel word it says
+  `stopped`, then the process dies (SIGKILL) before its context is freed, as an
+  engine that crashes while freeing would.
+`start_hang=<path>` or `start_exit=<path>`: while the file at <path> exists, an
+engine that starts hangs before loading the model (as in a wedged driver's init),
+or exits with status 3: a restart that never gets ready.
 `cpu_probe=sigill` or `cpu_probe=hang`: the child that checks the engine's extra
 CPU buffer types (engine.cpu_features) kills itself with SIGILL, or never
 finishes, just before its decode: what a CPU that advertises instructions it
@@ -21,15 +29,20 @@ The plan is consulted once per run, so the token loop carries no extra check.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
+import signal
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 ENV_VAR = "WORKER_ORCD_FAULTS"
 FAILING_DECODE_CALL = 3
 DECODE_FAILURE_STATUS = -3  # what llama_decode returns when the compute fails
 HANG_AFTER_TOKENS = 3
 CPU_PROBE_FAULTS = ("sigill", "hang")
-_JOB_FAULTS = ("decode", "context", "hang", "abort")
+_JOB_FAULTS = ("decode", "context", "hang", "abort", "garble", "die_on_cancel")
+_START_FAULTS = ("start_hang", "start_exit")
+START_EXIT_STATUS = 3
+GARBLED_FRAME = b"M\x00 not a pickle"
 
 Decode = Callable[..., int]
 
@@ -40,6 +53,10 @@ class FaultPlan:
     context_prefix: str | None = None
     hang_prefix: str | None = None
     abort_prefix: str | None = None
+    garble_prefix: str | None = None
+    die_on_cancel_prefix: str | None = None
+    start_hang: str | None = None  # a path: hang at start while it exists
+    start_exit: str | None = None  # a path: exit at start while it exists
     cpu_probe: str | None = None  # sigill | hang
 
     @classmethod
@@ -51,30 +68,44 @@ class FaultPlan:
             if sep and kind == "cpu_probe" and arg in CPU_PROBE_FAULTS:
                 fields["cpu_probe"] = arg
                 continue
+            if sep and kind in _START_FAULTS and arg:
+                fields[kind] = arg
+                continue
             if not sep or kind not in _JOB_FAULTS or not arg:
                 raise ValueError(
-                    f"{ENV_VAR}: expected decode=<prefix>, context=<prefix>, hang=<prefix>, abort=<prefix> or "
+                    f"{ENV_VAR}: expected {', '.join(f'{k}=<prefix>' for k in _JOB_FAULTS)}, "
+                    f"{', '.join(f'{k}=<path>' for k in _START_FAULTS)} or "
                     f"cpu_probe={'|'.join(CPU_PROBE_FAULTS)}, got {entry!r}"
                 )
             fields[f"{kind}_prefix"] = arg
         return cls(**fields)
 
     def __bool__(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.decode_prefix, self.context_prefix, self.hang_prefix, self.abort_prefix, self.cpu_probe)
-        )
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def at_start(self) -> None:
+        """Tests only: hang or exit here while the start fault's file exists."""
+        if self.start_exit is not None and os.path.exists(self.start_exit):
+            os._exit(START_EXIT_STATUS)
+        if self.start_hang is not None and os.path.exists(self.start_hang):
+            while True:
+                time.sleep(3600)
+
+    def dies_on_cancel(self, job_id: str) -> bool:
+        return _meets(self.die_on_cancel_prefix, job_id)
 
     def context_fails(self, job_id: str) -> bool:
         return _meets(self.context_prefix, job_id)
 
-    def token_fault(self, job_id: str) -> tuple[int, Callable[[], None]]:
-        """After how many tokens (0: never) the run meets which fault: a hang in C, or
-        the engine's death as ggml aborts."""
+    def token_fault(self, job_id: str, channel: Any) -> tuple[int, Callable[[], None]]:
+        """After how many tokens (0: never) the run meets which fault: a hang in C, the
+        engine's death as ggml aborts, or a frame on `channel` the front cannot decode."""
         if _meets(self.hang_prefix, job_id):
             return HANG_AFTER_TOKENS, _hang_in_c
         if _meets(self.abort_prefix, job_id):
             return HANG_AFTER_TOKENS, abort_like_ggml
+        if _meets(self.garble_prefix, job_id):
+            return HANG_AFTER_TOKENS, lambda: channel.send_frame(GARBLED_FRAME)
         return 0, _never
 
     def decode_for(self, job_id: str, decode: Decode) -> Decode:
@@ -90,6 +121,12 @@ class FaultPlan:
             return decode(ctx, batch)
 
         return failing_decode
+
+
+
+def die() -> None:
+    """Tests only: the engine process dies at once, as in a crash (no exit handlers)."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _meets(prefix: str | None, job_id: str) -> bool:

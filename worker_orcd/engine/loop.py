@@ -27,7 +27,7 @@ import llama_cpp
 
 from worker_orcd import native
 from worker_orcd.engine.contexts import ContextPool, ContextUnavailable
-from worker_orcd.engine.faults import FaultPlan
+from worker_orcd.engine.faults import FaultPlan, die
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
@@ -159,6 +159,8 @@ class InferenceLoop:
         """The loop saw the raised word: say so at once (the front's deadline watches for it)."""
         facts.stopped_at = time.perf_counter()
         self.channel.send({"kind": "stopped", "run": run.number, "at": facts.stopped_at})
+        if self.faults.dies_on_cancel(run.job_id):  # tests only: a crash before the context is freed
+            die()
         return facts
 
     def _spare_during_prompt(self, run: Run) -> bool:
@@ -198,7 +200,7 @@ class InferenceLoop:
         send_token = self.channel.send_token
         number = run.number
         max_tokens = run.sampling.max_tokens
-        fault_at, fault = self.faults.token_fault(run.job_id)
+        fault_at, fault = self.faults.token_fault(run.job_id, self.channel)
         current = (llama_cpp.llama_token * 1)()
         next_batch = batch_get_one(current, 1)
         n_out = 0

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     from worker_orcd.engine.model import Model, ModelLoadError
     from worker_orcd.jobs.job import Sampling
 
+    faults = FaultPlan.from_env()
+    faults.at_start()
     try:
         extra = cpu_features.decide(
             args.cpu_extra_buffers,
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ContextUnavailable, ValueError, RuntimeError) as exc:
         channel.send({"kind": "failed", "message": str(exc)})
         return 1
-    loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, faults=FaultPlan.from_env())
+    loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, faults=faults)
     loop.start()
     info = model.info
     channel.send(

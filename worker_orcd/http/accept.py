@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, Callable, Iterable
 
-from anyio import to_thread
 from starlette.requests import Request
 
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
+from worker_orcd.http.offload import offload_of
 from worker_orcd.http.sse import EventChannel, encode_event
 from worker_orcd.http.validation import ExecuteRequest, check_token_limits
 from worker_orcd.jobs.cancel_flag import CancelReason
@@ -59,13 +59,14 @@ async def accept(
     """
     ensure_accepting(worker)
     tenant = tenant_of(request)
-    if worker.find(tenant, req.job_id) is not None or await to_thread.run_sync(
+    offload = offload_of(request)
+    if worker.find(tenant, req.job_id) is not None or await offload.ledger_call(
         worker.ledger.exists, tenant, req.job_id
     ):
         raise job_exists(req.job_id)
     # The engine process has the vocabulary: a round trip, waited for on a thread.
     try:
-        prompt_tokens, stop_tokens = await to_thread.run_sync(
+        prompt_tokens, stop_tokens = await offload.engine_call(
             tokenize or (lambda: worker.tokenize(req.prompt, req.stop))
         )
     except EngineUnavailable as exc:

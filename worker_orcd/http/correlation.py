@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Iterable
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +15,17 @@ _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HEADER = CORRELATION_HEADER.lower().encode()
 
 
+def correlation_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request's own id when it is well formed, else a new one."""
+    for name, value in headers:
+        if name == _HEADER:
+            text = value.decode("latin-1")
+            if _VALID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
 class CorrelationIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -22,13 +34,7 @@ class CorrelationIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cid = None
-        for name, value in scope["headers"]:
-            if name == _HEADER:
-                text = value.decode("latin-1")
-                cid = text if _VALID.fullmatch(text) else None
-                break
-        cid = cid or uuid.uuid4().hex
+        cid = correlation_id_from(scope["headers"])
         scope.setdefault("state", {})["correlation_id"] = cid
 
         async def send_with_id(message: Message) -> None:

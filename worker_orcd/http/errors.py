@@ -9,7 +9,7 @@ import logging
 from typing import Any, Mapping
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from worker_orcd.errors import ErrorCode
@@ -27,6 +27,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.JOB_EXISTS: 409,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.TENANT_BUSY: 429,
     ErrorCode.HEADERS_TOO_LARGE: 431,
@@ -68,6 +69,14 @@ def correlation_id_of(request: Request) -> str | None:
     return request.scope.get("state", {}).get("correlation_id")
 
 
+def error_body(code: ErrorCode, message: str, correlation_id: str | None, details: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code.value, "message": message}
+    if details is not None:
+        body["details"] = details
+    body["correlation_id"] = correlation_id
+    return {"error": body}
+
+
 def error_response(
     request: Request,
     code: ErrorCode,
@@ -76,11 +85,8 @@ def error_response(
     details: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"code": code.value, "message": message}
-    if details is not None:
-        body["details"] = details
-    body["correlation_id"] = correlation_id_of(request)
-    return JSONResponse({"error": body}, status_code=HTTP_STATUS[code], headers=headers)
+    body = error_body(code, message, correlation_id_of(request), details)
+    return JSONResponse(body, status_code=HTTP_STATUS[code], headers=headers)
 
 
 async def on_request_error(request: Request, exc: Exception) -> JSONResponse:
@@ -99,6 +105,12 @@ async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         ErrorCode.PAYLOAD_TOO_LARGE: "request body is too large",
     }.get(code, str(exc.detail))
     return error_response(request, code, message, headers=exc.headers)
+
+
+async def on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    # The connection went (the client left, or its read deadline closed it, WO-LIMIT-3)
+    # before the body was whole: no internal error, and nobody reads the answer.
+    return error_response(request, ErrorCode.REQUEST_TIMEOUT, "the connection closed before the request was whole")
 
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -120,5 +132,6 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 EXCEPTION_HANDLERS = {
     RequestError: on_request_error,
     HTTPException: on_http_exception,
+    ClientDisconnect: on_client_disconnect,
     Exception: on_unexpected,
 }

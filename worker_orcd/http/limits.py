@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import error_response
+from worker_orcd.http.validation import plain_decimal
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024
@@ -38,11 +39,12 @@ class RequestLimitsMiddleware:
             return
         for name, value in headers:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_body_bytes:
+                length = plain_decimal(value)
+                if length is None or length > self.max_body_bytes:
                     code, message = (
-                        (ErrorCode.PAYLOAD_TOO_LARGE, f"request body exceeds {self.max_body_bytes} bytes")
-                        if value.isdigit()
-                        else (ErrorCode.INVALID_REQUEST, "Content-Length is not a number")
+                        (ErrorCode.INVALID_REQUEST, "Content-Length is not a number")
+                        if length is None
+                        else (ErrorCode.PAYLOAD_TOO_LARGE, f"request body exceeds {self.max_body_bytes} bytes")
                     )
                     await error_response(Request(scope), code, message)(scope, receive, send)
                     return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anyio import to_thread
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +19,7 @@ from worker_orcd.http.accept import (
 )
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.health import health_for
+from worker_orcd.http.offload import offload_of
 from worker_orcd.http.validation import (
     parse_cancel,
     parse_execute,
@@ -98,7 +98,7 @@ async def get_job(request: Request) -> JSONResponse:
     worker = _worker(request)
     tenant = tenant_of(request)
     job = worker.find(tenant, job_id)
-    record = job.snapshot() if job is not None else await to_thread.run_sync(worker.ledger.get, tenant, job_id)
+    record = job.snapshot() if job is not None else await offload_of(request).ledger_call(worker.ledger.get, tenant, job_id)
     if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")
     if job is not None and record["state"] == "queued":
@@ -117,7 +117,7 @@ async def list_jobs(request: Request) -> JSONResponse:
         ledger.flush()
         return ledger.list(tenant, state=state, limit=limit)
 
-    return JSONResponse({"jobs": await to_thread.run_sync(recent)})
+    return JSONResponse({"jobs": await offload_of(request).ledger_call(recent)})
 
 
 async def health(request: Request) -> JSONResponse:

@@ -212,6 +212,24 @@ def check_token_limits(
     return min(MAX_TOKENS_LIMIT, room)
 
 
+MAX_DECIMAL_DIGITS = 18  # more is past every count the worker takes, and int() of it costs
+
+
+def plain_decimal(text: str | bytes) -> int | None:
+    """A count written in ASCII digits; None for anything else.
+
+    `str.isdigit()` is true for "²" and "١", which `int()` refuses or reads as a
+    digit no client meant. A longer run of digits than any limit allows reads as
+    the first number past them all.
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    significant = text.lstrip(b"0" if isinstance(text, bytes) else "0")
+    if len(significant) > MAX_DECIMAL_DIGITS:
+        return 10**MAX_DECIMAL_DIGITS
+    return int(significant or "0")
+
+
 def parse_cancel(body: dict[str, Any]) -> str:
     problems = [{"field": k, "reason": "unknown field"} for k in body if k != "job_id"]
     if "job_id" not in body:
@@ -239,8 +257,9 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[str | None, int]:
     limit = LIST_LIMIT_DEFAULT
     raw = query.get("limit")
     if raw is not None:
-        if raw.isdigit() and 1 <= int(raw) <= LIST_LIMIT_MAX:
-            limit = int(raw)
+        value = plain_decimal(raw)
+        if value is not None and 1 <= value <= LIST_LIMIT_MAX:
+            limit = value
         else:
             problems.append({"field": "limit", "reason": f"must be an integer from 1 to {LIST_LIMIT_MAX}"})
     if problems:

@@ -116,9 +116,11 @@ class Job:
         return True
 
     def emit(self, event: Event) -> None:
-        """A non-terminal event; terminal ones go through `finish`."""
-        if self.sink is not None:
-            self.sink(event)
+        """A non-terminal event; terminal ones go through `finish`. Under the job's lock, as
+        `finish` emits and clears the sink: nothing is emitted after the terminal event."""
+        with self._lock:
+            if self.sink is not None:
+                self.sink(event)
 
     def append_text(self, text: str) -> None:
         self._text.append(text)

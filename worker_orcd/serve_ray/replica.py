@@ -12,7 +12,9 @@ Its life:
 - start: take a slot, start the worker, wait until it is ready, register in the
   job directory and keep a `watch` call open there;
 - each execute: relay the worker's answer; bind the job to this replica in the
-  directory once the worker accepted it, mark it ended when its stream ends;
+  directory once the worker accepted it (a non-streamed completion, which the
+  worker answers only at its end, as it is sent), mark it ended when its answer
+  ends; release its id when the worker refused it;
 - removal (scale-down, new version): told by the directory (`watch` answers
   "drain"), the replica lets its jobs run for `drain_sec`, then sends its worker
   SIGTERM: the worker's own drain ends queued jobs `WORKER_SHUTDOWN` and gives
@@ -24,6 +26,7 @@ Its life:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -62,6 +65,24 @@ HOP_BY_HOP = frozenset(
 
 def relay_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers.multi_items() if k.lower() not in HOP_BY_HOP]
+
+
+def answers_at_end(path: str, body: bytes) -> bool:
+    """Whether the worker answers this execute only once its job has ended: an OpenAI
+    completion that is not streamed."""
+    if not path.startswith("/v1/"):
+        return False
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False  # refused by the worker at once
+    return isinstance(data, dict) and data.get("stream") is not True
+
+
+def caller_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What a request the replica sends on the caller's behalf carries: the worker checks
+    its token and Host as the caller's own."""
+    return [(k, v) for k, v in headers if k.lower() in ("authorization", "x-correlation-id", "host")]
 
 
 def free_port(host: str) -> int:
@@ -290,11 +311,11 @@ class WorkerReplica:
         assert self.child is not None
         self.child.signal(signal.SIGTERM)
 
-    async def _cancel_own(self, tenant: str, job_id: str, headers: list[tuple[str, str]]) -> None:
-        """A cancel that came before this replica bound the job: send it to the worker now."""
-        auth = [(k, v) for k, v in headers if k.lower() in ("authorization", "x-correlation-id", "host")]
+    async def _cancel_own(self, job_id: str, headers: list[tuple[str, str]]) -> None:
+        """A cancel that came before this replica bound the job: send it to the worker now
+        (one that reaches the worker before the execute is kept for it, WO-CANCEL-12)."""
         try:
-            await self.http.post("/cancel", json={"job_id": job_id}, headers=auth, timeout=30.0)
+            await self.http.post("/cancel", json={"job_id": job_id}, headers=caller_headers(headers), timeout=30.0)
         except httpx.HTTPError:
             logger.warning(f"worker-orcd replica {self.replica_id}: a cancel for {job_id} did not reach the worker")
 
@@ -304,7 +325,16 @@ class WorkerReplica:
         except Exception:
             return
         if cancelled_first:
-            await self._cancel_own(tenant, job_id, headers)
+            asyncio.get_running_loop().create_task(self._cancel_own(job_id, headers))
+
+    async def _worker_has(self, job_id: str, headers: list[tuple[str, str]]) -> bool:
+        """Whether the worker holds the caller's job id: it accepted the job (one answered
+        with an error at its end included), or an earlier job of the tenant had the id."""
+        try:
+            answer = await self.http.get(f"/jobs/{job_id}", headers=caller_headers(headers), timeout=30.0)
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
 
     # -- the jobs ----------------------------------------------------------------------
 
@@ -323,19 +353,35 @@ class WorkerReplica:
         self.active += 1
         self.idle.clear()
         response: httpx.Response | None = None
-        accepted = False
+        bound = False  # the directory has the job bound to this replica
+        binding: asyncio.Task | None = None
         try:
+            if tenant is not None and job_id is not None and answers_at_end(path, body):
+                # Its answer comes at its end: bound now, so that cancels and look-ups find
+                # it while it runs (an early cancel reaches the worker first: WO-CANCEL-12).
+                await self._bind(tenant, job_id, headers)
+                bound = True
             try:
                 request = self.http.build_request("POST", path, params=query or None, headers=headers, content=body)
                 response = await self.http.send(request, stream=True)
             except httpx.TransportError as exc:
-                if claimed and tenant is not None and job_id is not None:
-                    self.directory.release.remote(tenant, job_id)
+                if tenant is not None and job_id is not None and (claimed or bound):
+                    self.directory.release.remote(tenant, job_id, self.replica_id)
+                bound = False
                 yield {"status": 0, "headers": [], "replica": self.replica_id, "url": self.url, "error": repr(exc)}
                 return
-            accepted = response.status_code == 200
             if path.startswith("/v1/"):  # the OpenAI routes name the job in X-Request-Id
                 job_id = response.headers.get("x-request-id") or job_id
+            # A stream answers 200 once its job is accepted, a refusal otherwise; an answer
+            # at the end may be a refusal or the error the accepted job ended with.
+            accepted = response.status_code == 200 or (bound and await self._worker_has(job_id, headers))
+            if tenant is not None and job_id is not None:  # before the yield, which may not return
+                if accepted and not bound:
+                    binding = asyncio.get_running_loop().create_task(self._bind(tenant, job_id, headers))
+                    bound = True
+                elif not accepted and (claimed or bound):
+                    self.directory.release.remote(tenant, job_id, self.replica_id)
+                    bound = False
             yield {
                 "status": response.status_code,
                 "headers": relay_headers(response.headers),
@@ -343,11 +389,6 @@ class WorkerReplica:
                 "url": self.url,
                 "job_id": job_id,
             }
-            if tenant is not None and job_id is not None:
-                if accepted:
-                    asyncio.get_running_loop().create_task(self._bind(tenant, job_id, headers))
-                elif claimed:
-                    self.directory.release.remote(tenant, job_id)
             async for chunk in response.aiter_raw():
                 yield chunk
         finally:
@@ -355,7 +396,9 @@ class WorkerReplica:
                 # Closing a response read only in part closes its connection: the worker
                 # sees its client leave and cancels the job (reason "disconnect").
                 await asyncio.shield(response.aclose())
-            if accepted and tenant is not None and job_id is not None:
+            if bound:
+                if binding is not None:
+                    await asyncio.shield(binding)  # an end marked before its bind would be lost
                 try:
                     self.directory.ended.remote(tenant, job_id)
                 except Exception:

@@ -11,13 +11,20 @@ worker that holds it, over HTTP, to the worker's URL from the job directory:
   replica's worker at once. A cancel is an idempotent 202 on every worker, and
   one for an id a worker does not know is kept there for its execute, so the
   fan-out is safe.
-- `GET /jobs/{id}`: the owner, else every replica (the first 200 wins), else the
-  ledgers dead or removed replicas left on this node, else 404.
+- `GET /jobs/{id}`: the owner, else every replica (the first 200 wins), else, when
+  the workers answered 404 (not a refusal of the caller), the ledgers dead or
+  removed replicas left on this node, else 404.
 - `GET /jobs`, `/health`, `/metrics`: every replica, merged.
 
 Requests are forwarded with the caller's headers (its bearer token included), so
 each worker checks tenants, Host and Origin itself, exactly as alone. The router
-reads the token only to name the tenant for the directory's keys.
+reads the token only to name the tenant for the directory's keys, and bounds
+bodies as the workers do (`--max-body-bytes`) before it reads them whole.
+
+An execute's job id is claimed in the directory before Serve takes it; the
+router renews the claim while Serve holds the execute and releases it when the
+execute reaches no worker (its client left, its replica failed, Serve's queue
+was full, the router failed).
 
 If a replica dies while its job streams, the stream ends with one `error` event
 `REPLICA_FAILED` written here, and the job's record (its ledger, read here until
@@ -39,9 +46,11 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from worker_orcd.errors import ErrorCode
 from worker_orcd.http.auth import TokenTable, bearer_token
 from worker_orcd.serve_ray import merge, slots
 from worker_orcd.serve_ray.cluster import get_directory
+from worker_orcd.serve_ray.directory import CLAIM_SEC
 from worker_orcd.serve_ray.replica import HOP_BY_HOP, relay_headers
 from worker_orcd.serve_ray.settings import ServeSettings
 
@@ -53,6 +62,7 @@ EXECUTE_PATHS = {"/execute": False, "/v1/chat/completions": True, "/v1/completio
 OWNERS_KEPT = 10_000
 FORWARD_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
 ROUTE_HEADER = "X-Cancel-Route"  # cached | owner | fanout: how a cancel found its job
+CLAIM_RENEW_SEC = CLAIM_SEC / 4  # a few renewals may be lost before a held claim lapses
 
 
 class Router:
@@ -61,7 +71,9 @@ class Router:
         keys = self.settings.api_keys()
         self.keyed = bool(keys.tenants or keys.operators)
         self.tokens = TokenTable(keys.tenants, keys.operators)
-        self.cancel_mark_sec = float(self.settings.worker_flags().early_cancel_sec)
+        flags = self.settings.worker_flags()
+        self.cancel_mark_sec = float(flags.early_cancel_sec)
+        self.max_body_bytes = int(flags.max_body_bytes)
         self.workers = workers.options(method_name="execute", stream=True)
         self.directory = get_directory(self.settings.app_name, self.cancel_mark_sec)
         self.http = httpx.AsyncClient(
@@ -71,7 +83,9 @@ class Router:
         )
         # (tenant, job id) → (replica id, worker URL) of the executes relayed here.
         self.owners: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
-        self.last_replicas: list[list[str]] = []  # for when the directory is restarting
+        # The replicas last listed by the directory, for when it is restarting or has just
+        # restarted (empty until the replicas call it again).
+        self.last_replicas: list[list[str]] = []
         self._turn = 0
 
     # -- dispatch ----------------------------------------------------------------------
@@ -99,6 +113,13 @@ class Router:
                     "a replica's worker is stopped by Serve: scale the deployment down or delete the application",
                 )
             return await self.forward_any(request)
+        except BodyTooLarge:  # as a worker answers it, before any of its routes
+            return self.error(
+                request,
+                413,
+                ErrorCode.PAYLOAD_TOO_LARGE.value,
+                f"request body exceeds {self.max_body_bytes} bytes",
+            )
         except NoReplica:
             return self.error(
                 request,
@@ -117,7 +138,7 @@ class Router:
     # -- executes ----------------------------------------------------------------------
 
     async def execute(self, request: Request, openai: bool) -> Response:
-        body = await request.body()
+        body = await self.read_body(request)
         headers = self.forward_headers(request)
         tenant = self.tenant(request)
         job_id = self.job_id_of(body, headers, openai)
@@ -137,14 +158,26 @@ class Router:
                     headers={"x-should-retry": "false"} if openai else None,
                 )
             claimed = bool(claimed)
-        stream = self.workers.remote(
-            request.url.path, request.url.query, headers, body, tenant, job_id, claimed
-        )
+        stream = None
         try:
-            first = await stream.__anext__()
-        except asyncio.CancelledError:
-            stream.cancel()
+            stream = self.workers.remote(
+                request.url.path, request.url.query, headers, body, tenant, job_id, claimed
+            )
+            return await self.relay_execute(request, openai, stream, tenant, job_id, claimed)
+        except BaseException:
+            # The client left while Serve held the execute, or this router failed: no worker
+            # holds the id (a replica that bound it meanwhile keeps it: only claims are released).
+            if stream is not None:
+                stream.cancel()
+            if claimed:
+                self.directory.release.remote(tenant, job_id)
             raise
+
+    async def relay_execute(
+        self, request: Request, openai: bool, stream: Any, tenant: str | None, job_id: str | None, claimed: bool
+    ) -> Response:
+        try:
+            first = await self.first_answer(stream, tenant, job_id, claimed)
         except Exception as exc:
             return self.execute_failed(request, exc, openai, tenant, job_id, claimed)
         if first["status"] == 0:  # the replica could not reach its own worker
@@ -162,14 +195,30 @@ class Router:
             headers=_headers_dict(first["headers"]),
         )
 
+    async def first_answer(self, stream: Any, tenant: str | None, job_id: str | None, claimed: bool) -> dict:
+        """The replica's first message; until it comes (Serve holds the execute, or a
+        completion not streamed runs), the claim is renewed."""
+        pending = asyncio.ensure_future(stream.__anext__())
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=CLAIM_RENEW_SEC)
+                if done:
+                    return pending.result()
+                if claimed:
+                    self.directory.renew.remote(tenant, job_id)
+        except asyncio.CancelledError:
+            pending.cancel()
+            pending.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody reads it
+            raise
+
     def execute_failed(
         self, request: Request, exc: Exception, openai: bool, tenant: str | None, job_id: str | None, claimed: bool
     ) -> Response:
         from ray.serve.exceptions import BackPressureError
 
+        if claimed:  # nothing was queued, or the replica that took it is gone
+            self.directory.release.remote(tenant, job_id)
         if isinstance(exc, BackPressureError):
-            if claimed and tenant is not None and job_id is not None:
-                self.directory.release.remote(tenant, job_id)
             return self.error(
                 request,
                 503,
@@ -217,7 +266,7 @@ class Router:
 
     async def cancel(self, request: Request) -> Response:
         started = time.perf_counter()
-        body = await request.body()
+        body = await self.read_body(request)
         tenant = self.tenant(request)
         job_id = _cancel_id(body)
         if tenant is None or job_id is None:
@@ -276,13 +325,17 @@ class Router:
         found = next((a for a in answers if a.status_code == 200), None)
         if found is not None:
             return self.relay_answer(found)
+        # The ledgers are read only for a caller the workers let in (their Host, Origin and
+        # token checks): every worker that answered said 404.
+        refusal = next((a for a in answers if a.status_code != 404), None)
+        if refusal is not None:
+            return self.relay_answer(refusal)
+        answer = not_found or (answers[0] if answers else None)
+        if answer is None:
+            raise NoReplica()
         record = await asyncio.to_thread(slots.find_in_orphans, self.settings.state_root, tenant, job_id)
         if record is not None:
             return JSONResponse(record, headers={"X-Correlation-Id": self.correlation_id(request), "X-Job-Source": "ledger"})
-        refusal = next((a for a in answers if a.status_code != 404), None)
-        answer = refusal or not_found or (answers[0] if answers else None)
-        if answer is None:
-            raise NoReplica()
         return self.relay_answer(answer)
 
     async def list_jobs(self, request: Request) -> Response:
@@ -329,7 +382,7 @@ class Router:
         """A request any worker answers alike (the console, the OpenAPI document, /v1/models,
         a malformed cancel, a refused token, an unknown route): one live replica's worker."""
         if body is None:
-            body = await request.body()
+            body = await self.read_body(request)
         headers = self.forward_headers(request)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         replicas = [r for r in await self.list_replicas() if r["state"] == "live"] or await self.list_replicas()
@@ -342,6 +395,21 @@ class Router:
         raise NoReplica()
 
     # -- helpers -----------------------------------------------------------------------
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request's body; BodyTooLarge past the workers' --max-body-bytes (WO-LIMIT-1),
+        found from Content-Length or while it arrives, before it is all in memory."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            raise BodyTooLarge()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def tenant(self, request: Request) -> str | None:
         """The caller's tenant as the workers will see it; None: the token is refused."""
@@ -388,10 +456,10 @@ class Router:
         t = time.perf_counter()
         try:
             located = await self.directory.locate.remote(tenant, job_id, for_cancel)
-            self.last_replicas = located["replicas"]
         except Exception:  # restarting: fan out to the replicas last seen
             self.directory = get_directory(self.settings.app_name, self.cancel_mark_sec)
-            located = {"owner": None, "replicas": self.last_replicas}
+            located = {"owner": None, "replicas": []}
+        located["replicas"] = self.known_replicas(located["replicas"])
         if timing is not None:
             timing.append(("directory", time.perf_counter() - t))
         return located
@@ -399,11 +467,20 @@ class Router:
     async def list_replicas(self) -> list[dict[str, Any]]:
         try:
             replicas = await self.directory.list_replicas.remote()
-            self.last_replicas = [[r["replica"], r["url"]] for r in replicas]
-            return replicas
         except Exception:
             self.directory = get_directory(self.settings.app_name, self.cancel_mark_sec)
-            return [{"replica": rid, "url": url, "state": "live"} for rid, url in self.last_replicas]
+            replicas = []
+        if replicas:
+            self.known_replicas([[r["replica"], r["url"]] for r in replicas])
+            return replicas
+        return [{"replica": rid, "url": url, "state": "live"} for rid, url in self.known_replicas([])]
+
+    def known_replicas(self, listed: list[list[str]]) -> list[list[str]]:
+        """The directory's list; an empty one (a directory just restarted, before the
+        replicas called it again) keeps the last known, which are still serving."""
+        if listed:
+            self.last_replicas = listed
+        return self.last_replicas
 
     async def everyone(self, method: str, path: str, headers: list[tuple[str, str]]) -> list[tuple[str, httpx.Response]]:
         replicas = await self.list_replicas()
@@ -471,6 +548,10 @@ class Router:
 
 class NoReplica(Exception):
     """No replica's worker could be reached."""
+
+
+class BodyTooLarge(Exception):
+    """The request's body is over the workers' --max-body-bytes."""
 
 
 def _cancel_id(body: bytes) -> str | None:

@@ -105,15 +105,23 @@ class EngineProcess:
                 pass_fds=(engine_end.fileno(), board.fd, log_fd),
                 env=engine_environment(),
             )
+        except BaseException:
+            front_end.close()
+            raise
         finally:
             engine_end.close()
             os.close(log_fd)
         threading.Thread(target=_log_output, args=(proc,), name="engine-output", daemon=True).start()
         return cls(proc, Channel(front_end.detach()))
 
-    def kill(self) -> None:
-        """SIGKILL, and wait: once this returns the OS (and the GPU driver) has its memory back."""
-        self.killed = True
+    def kill(self, *, failure: bool = False) -> None:
+        """SIGKILL, and wait: once this returns the OS (and the GPU driver) has its memory back.
+
+        `failure`: the engine is killed because it failed (its start timed out, its channel
+        broke), which counts against it as a death would; otherwise the front chose to end it.
+        """
+        if not failure:
+            self.killed = True
         try:
             self.proc.send_signal(signal.SIGKILL)
         except ProcessLookupError:

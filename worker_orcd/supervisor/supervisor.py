@@ -15,10 +15,15 @@ dispatcher also keeps two clocks:
   `forced: true`, and a new engine is started.
 
 If the engine process dies on its own, the running job ends at once with
-`ENGINE_FAILED` (retriable), queued jobs wait, and the engine is restarted
-with a growing pause; after `MAX_DEATHS` deaths within `DEATH_WINDOW_SEC` the
-engine is given up: the worker reports not ready with the reason, and every
-waiting and new job gets `ENGINE_UNAVAILABLE`.
+`ENGINE_FAILED` (retriable), unless its flag was raised: then it ends as its
+raiser decided, since the process is gone and its memory is back. A job the
+dead engine never took waits for the next engine, as queued jobs do. One
+long-lived thread, the keeper, starts every engine after the first (a child's
+parent-death signal is tied to the thread that spawned it) with a growing
+pause, and gives each start a deadline. The engine is given up after
+`MAX_DEATHS` deaths within `DEATH_WINDOW_SEC`, or after `MAX_FAILED_STARTS`
+starts in a row that never got ready: the worker reports not ready with the
+reason, and every waiting and new job gets `ENGINE_UNAVAILABLE`.
 """
 
 from __future__ import annotations
@@ -45,8 +50,14 @@ from worker_orcd.supervisor.engine_process import EngineProcess
 SLOT = 0  # one job runs at a time: one word on the board
 MAX_DEATHS = 5
 DEATH_WINDOW_SEC = 60.0
+MAX_FAILED_STARTS = 3  # restarts in a row that died or timed out before `ready`
 RESTART_PAUSES_SEC = (0.0, 0.25, 1.0, 2.0, 4.0)  # after the 1st, 2nd, … death in the window
 EXIT_WAIT_SEC = 30.0  # for the engine to end after `exit` (its run, if any, first)
+# Past the hard deadline, how long a `done` already in the socket may take to be read.
+UNREAD_GRACE_SEC = 1.0
+UNREAD_POLL_SEC = 0.005
+
+Spawn = Callable[[WorkerConfig, CancelBoard], EngineProcess]
 
 
 class EngineUnavailable(Exception):
@@ -63,6 +74,13 @@ class _Engine:
     ready: dict[str, Any] | None = None  # its `ready` message
     failed: str | None = None  # its `failed` message
     gone: bool = False
+    gone_at: float | None = None  # perf_counter() once reaped
+    start_timed_out: bool = False
+    handling: bool = False  # its reader has messages in hand or waiting, not yet applied
+
+    def unread(self) -> bool:
+        """Whether something the engine sent is still on its way to the front."""
+        return self.handling or self.process.channel.pending() > 0
 
 
 @dataclass(eq=False)
@@ -70,6 +88,7 @@ class _Run:
     number: int
     job: Job
     model: str
+    started: bool = False  # the engine took it (its `started` came)
     events_sent: int = 0
     stopped_at: float | None = None
     facts: outcomes.RunFacts | None = None
@@ -83,25 +102,32 @@ class _Request:
 
 
 class EngineSupervisor:
-    def __init__(self, config: WorkerConfig, queue: JobQueue) -> None:
+    def __init__(self, config: WorkerConfig, queue: JobQueue, *, spawn: Spawn | None = None) -> None:
         self.config = config
         self.queue = queue
         self.board = CancelBoard(1)
         self.cancel_deadline_sec = config.cancel_deadline_ms / 1000.0
+        self.start_deadline_sec = config.engine_start_deadline_sec
         self.state = "starting"  # starting | ready | restarting | failed | stopped
-        self.reason: str | None = None  # why the engine was given up
+        self.reason: str | None = None  # why no engine serves (restarting, given up)
         self.restarts = 0
         self.info: dict[str, Any] | None = None  # the first engine's `ready`: model, extra buffers
         self.active: Job | None = None
+        self._spawn_process = spawn or EngineProcess.start
         self._engine: _Engine | None = None
         self._run: _Run | None = None
         self._cond = threading.Condition()
+        self._spawning = threading.Lock()  # held while an engine process is being made
         self._closing = False
+        self._stop_reason: CancelReason | None = None  # every job from now on is cancelled so
         self._deaths: deque[float] = deque()
+        self._failed_starts = 0
+        self._restart_at: float | None = None  # when the keeper starts the next engine
         self._run_numbers = itertools.count(1)
         self._request_numbers = itertools.count(1)
         self._requests: dict[int, _Request] = {}
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._keeper = threading.Thread(target=self._keep, name="engine-keeper", daemon=True)
 
     # -- start, stop, look ----------------------------------------------------------------
 
@@ -109,20 +135,19 @@ class EngineSupervisor:
         """Start the engine, wait for its `ready`, then start dispatching.
 
         Raises EngineStartFailed with the engine's reason if it cannot load the
-        model, or if `stop_requested()` turns true meanwhile (a signal).
+        model or is not ready within the start deadline, or if `stop_requested()`
+        turns true meanwhile (a signal). Called on the thread that lives as long
+        as the worker (the engine's parent-death signal is tied to it).
         """
         engine = self._spawn()
-        with self._cond:
-            while engine.ready is None:
-                if engine.failed is not None or engine.gone or stop_requested():
-                    break
-                self._cond.wait(0.1)
+        ended = self._await_ready(engine, stop_requested)
         if engine.ready is None:
-            if not engine.gone:
-                engine.process.kill()
             if stop_requested():
                 raise EngineStartFailed("stopped while the engine was starting")
-            raise EngineStartFailed(engine.failed or f"the engine {engine.process.how_it_ended()} while starting")
+            if engine.start_timed_out:
+                raise EngineStartFailed(f"the engine {ended}")
+            raise EngineStartFailed(engine.failed or f"the engine {ended} while starting")
+        self._keeper.start()
         self._dispatcher.start()
 
     def notify(self, job: Job | None = None) -> None:
@@ -143,6 +168,16 @@ class EngineSupervisor:
     def health(self) -> dict[str, Any]:
         return {"state": self.state, "pid": self.engine_pid, "restarts": self.restarts, "reason": self.reason}
 
+    def stop_jobs(self, reason: CancelReason) -> None:
+        """Cancel the job in hand with `reason`, and every job the dispatcher takes from now
+        on (one taken from the queue just before it closed included)."""
+        with self._cond:
+            self._stop_reason = reason
+            job = self.active
+            self._cond.notify_all()
+        if job is not None:
+            _cancel(job, reason)
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the dispatcher (it ends once the queue is closed and its job has ended)."""
         if not self._dispatcher.is_alive():
@@ -154,18 +189,21 @@ class EngineSupervisor:
         """End the engine process: `exit` (it finishes a run first, then frees), else SIGKILL."""
         with self._cond:
             self._closing = True
-            engine = self._engine
             self._cond.notify_all()
-        if engine is None or engine.gone:
-            return
-        try:
-            engine.process.channel.send({"kind": "exit"})
-            engine.process.proc.wait(EXIT_WAIT_SEC)
-        except Exception:  # a channel already broken, or an engine that would not go
-            engine.process.kill()
+        with self._spawning:  # an engine being made now is ended too
+            engine = self._engine
+        if engine is not None and not engine.gone:
+            try:
+                engine.process.channel.send({"kind": "exit"})
+                engine.process.proc.wait(EXIT_WAIT_SEC)
+            except Exception:  # a channel already broken, or an engine that would not go
+                engine.process.kill()
+            with self._cond:
+                self._cond.wait_for(lambda: engine.gone, 5.0)
         with self._cond:
-            self._cond.wait_for(lambda: engine.gone, 5.0)
             self.state = "stopped"
+        if self._keeper.is_alive():
+            self._keeper.join(5.0)
 
     # -- tokenizing (the engine has the vocabulary) ---------------------------------------
 
@@ -211,40 +249,78 @@ class EngineSupervisor:
             # A restart keeps the first engine's measured chunk: it starts sooner, and the
             # chunk /health shows stays the one every engine uses.
             config = dataclasses.replace(config, prefill_chunk=self.info["prefill_chunk"]["tokens"])
-        engine = _Engine(EngineProcess.start(config, self.board))
+        engine = _Engine(self._spawn_process(config, self.board))
         with self._cond:
             self._engine = engine
         threading.Thread(target=self._read, args=(engine,), name="engine-reader", daemon=True).start()
         return engine
 
+    def _await_ready(self, engine: _Engine, stop_requested: Callable[[], bool] = lambda: False) -> str:
+        """Wait for the engine's `ready`, its failure or its end; past the start deadline it
+        is killed. Returns how it ended when it did not get ready."""
+        deadline = time.monotonic() + self.start_deadline_sec
+        with self._cond:
+            while engine.ready is None and engine.failed is None and not engine.gone:
+                if stop_requested() or self._closing:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    engine.start_timed_out = True
+                    break
+                self._cond.wait(min(left, 0.1))
+        if engine.ready is not None:
+            return "got ready"
+        if engine.start_timed_out:
+            log_event(
+                "engine_start_timeout", logging.ERROR, pid=engine.process.pid, deadline_sec=self.start_deadline_sec
+            )
+            how = f"was not ready within {self.start_deadline_sec:g} s"
+        else:
+            how = ""
+        if not engine.gone:
+            engine.process.kill(failure=True)
+        with self._cond:  # its reader has seen the end (the channel closes with the process)
+            self._cond.wait_for(lambda: engine.gone, 5.0)
+        return how or engine.process.how_it_ended()
+
     def _read(self, engine: _Engine) -> None:
         channel = engine.process.channel
-        while True:
-            try:
-                message = channel.recv()
-            except (EOFError, OSError):
-                break
-            if isinstance(message, tuple):  # a token: the hot path
+        how: str | None = None
+        try:
+            while True:
+                try:
+                    message = channel.recv()
+                except (EOFError, OSError):
+                    break
+                engine.handling = True
                 run = self._run
-                if run is not None and run.number == message[0]:
-                    job = run.job
-                    job.tokens_out = message[1]
-                    text = message[2]
-                    if not run.events_sent:
-                        job.phase = Phase.DECODE  # the prompt is done
-                    job.emit(events.token(text, run.events_sent))
-                    job.append_text(text)
-                    run.events_sent += 1
-                continue
-            self._on_message(engine, message)
+                if isinstance(message, tuple):  # a token: the hot path
+                    if run is not None and run.number == message[0]:
+                        job = run.job
+                        job.tokens_out = message[1]
+                        text = message[2]
+                        if not run.events_sent:
+                            job.phase = Phase.DECODE  # the prompt is done
+                        job.emit(events.token(text, run.events_sent))
+                        job.append_text(text)
+                        run.events_sent += 1
+                else:
+                    self._on_message(engine, message)
+                # In hand until the socket is empty, while a raised flag's deadline may look.
+                engine.handling = run is not None and run.job.cancel_flag.raised and channel.pending() > 0
+        except Exception as exc:  # a frame that cannot be read, a bug: the channel is lost
+            how = f"lost its channel ({exc!r})"
+            log_event("engine_channel_failed", logging.ERROR, pid=engine.process.pid, error=repr(exc))
+            engine.process.kill(failure=True)  # its memory is back before its job hears of it
         channel.close()
-        self._on_gone(engine, engine.process.how_it_ended())
+        self._on_gone(engine, how or engine.process.how_it_ended())
 
     def _on_message(self, engine: _Engine, message: dict[str, Any]) -> None:
         kind = message["kind"]
         if kind == "started":
             run = self._run
             if run is not None and run.number == message["run"]:
+                run.started = True
                 job = run.job
                 job.emit(
                     events.started(
@@ -276,62 +352,101 @@ class EngineSupervisor:
                     self.info = message
                 if engine is self._engine and not self._closing:
                     self.state = "ready"
+                    self.reason = None
+                    self._failed_starts = 0
                 log_event("engine_ready", pid=message["pid"], context_make_ms=message.get("context_make_ms"))
             elif kind == "failed":
                 engine.failed = message["message"]
             self._cond.notify_all()
 
     def _on_gone(self, engine: _Engine, how: str) -> None:
-        """The engine process has ended (and been reaped): count it, and start the next."""
-        restart_after: float | None = None
+        """The engine process has ended (and been reaped): count it, and have the next started."""
+        if engine.start_timed_out:
+            how = f"was not ready within {self.start_deadline_sec:g} s"
+        give_up = False
         with self._cond:
             engine.gone = True
+            engine.gone_at = time.perf_counter()
             for request in [r for r in self._requests.values() if r.engine is engine]:
                 request.done.set()  # no tokens: the caller asks the next engine
-            if self._closing or engine is not self._engine:
+            if self._closing or engine is not self._engine or self.info is None:
+                # Closing, an engine already replaced, or the first start (start() reports it).
                 self._cond.notify_all()
                 return
-            if engine.ready is None and self.info is None:
-                self._cond.notify_all()  # the first start failed: start() reports it
-                return
-            if not engine.process.killed:
+            if engine.ready is None:
+                self._failed_starts += 1
+                log_event(
+                    "engine_start_failed", logging.ERROR, pid=engine.process.pid, how=how, in_a_row=self._failed_starts
+                )
+                if self._failed_starts >= MAX_FAILED_STARTS:
+                    give_up = True
+                    self.reason = (
+                        f"the engine process failed to start {self._failed_starts} times in a row "
+                        f"(last: {engine.failed or how}); restart the worker once the cause is fixed"
+                    )
+            elif not engine.process.killed:
                 now = time.monotonic()
                 self._deaths.append(now)
                 while self._deaths and self._deaths[0] < now - DEATH_WINDOW_SEC:
                     self._deaths.popleft()
                 log_event("engine_died", logging.ERROR, pid=engine.process.pid, how=how, deaths_in_window=len(self._deaths))
-            if len(self._deaths) >= MAX_DEATHS:
+                if len(self._deaths) >= MAX_DEATHS:
+                    give_up = True
+                    self.reason = (
+                        f"the engine process died {len(self._deaths)} times within {DEATH_WINDOW_SEC:g} s "
+                        f"(last: {how}); restart the worker once the cause is fixed"
+                    )
+            if give_up:
                 self.state = "failed"
-                self.reason = (
-                    f"the engine process died {len(self._deaths)} times within {DEATH_WINDOW_SEC:g} s "
-                    f"(last: {how}); restart the worker once the cause is fixed"
-                )
                 log_event("engine_given_up", logging.CRITICAL, reason=self.reason)
             else:
                 self.state = "restarting"
-                restart_after = 0.0 if engine.process.killed else RESTART_PAUSES_SEC[
-                    min(len(self._deaths), len(RESTART_PAUSES_SEC)) - 1
+                failures = max(len(self._deaths), self._failed_starts)
+                pause = 0.0 if engine.process.killed and engine.ready is not None else RESTART_PAUSES_SEC[
+                    min(max(failures, 1), len(RESTART_PAUSES_SEC)) - 1
                 ]
+                self.reason = f"the engine process {how}; a new one is starting"
+                self._restart_at = time.monotonic() + pause
             self._cond.notify_all()
-        if restart_after is None:
+        if give_up:
             self._end_waiting_jobs()
-        else:
-            threading.Thread(target=self._restart, args=(restart_after,), name="engine-restart", daemon=True).start()
 
-    def _restart(self, pause: float) -> None:
+    def _keep(self) -> None:
+        """The keeper: starts each new engine once one is wanted and its pause is over, and
+        holds it to the start deadline. It lives until close(): the engines it started die
+        with it (their parent-death signal), so not before close() has ended them."""
+        while self._next_start():
+            with self._spawning:
+                if self._closing:
+                    continue
+                self.restarts += 1
+                try:
+                    engine = self._spawn()
+                except OSError as exc:
+                    log_event("engine_start_failed", logging.ERROR, error=str(exc))
+                    with self._cond:
+                        self.state = "failed"
+                        self.reason = f"the engine process could not be started: {exc}"
+                        self._cond.notify_all()
+                    self._end_waiting_jobs()
+                    continue
+            self._await_ready(engine)
         with self._cond:
-            if self._cond.wait_for(lambda: self._closing, pause):
-                return
-        self.restarts += 1
-        try:
-            self._spawn()
-        except OSError as exc:
-            log_event("engine_start_failed", logging.ERROR, error=str(exc))
-            with self._cond:
-                self.state = "failed"
-                self.reason = f"the engine process could not be started: {exc}"
-                self._cond.notify_all()
-            self._end_waiting_jobs()
+            self._cond.wait_for(lambda: self._engine is None or self._engine.gone)
+
+    def _next_start(self) -> bool:
+        """Wait until an engine is wanted and its pause is over (True), or closing (False)."""
+        with self._cond:
+            while not self._closing:
+                if self._restart_at is None:
+                    self._cond.wait()
+                    continue
+                left = self._restart_at - time.monotonic()
+                if left <= 0:
+                    self._restart_at = None
+                    return True
+                self._cond.wait(left)
+            return False
 
     def _end_waiting_jobs(self) -> None:
         for job in self.queue.drain():
@@ -348,67 +463,95 @@ class EngineSupervisor:
             if job is None:
                 return
             # Active from the moment it leaves the queue, so a shutdown finds it.
-            self.active = job
+            with self._cond:
+                self.active = job
+                stop = self._stop_reason
+            if stop is not None:
+                _cancel(job, stop)
             try:
                 self._carry(job)
             except Exception as exc:  # never lose the thread, never leave a job without its end
                 log_event("job_internal_error", job_id=job.job_id, correlation_id=job.correlation_id, error=repr(exc))
                 job.finish(outcomes.failed(ErrorCode.INTERNAL, f"inference failed: {exc}", tokens_out=job.tokens_out))
             finally:
-                self.active = None
+                with self._cond:
+                    self.active = None
 
     def _carry(self, job: Job) -> None:
+        """Run the job on the engine until it has ended; a job the engine never took (it died
+        first) waits for the next engine."""
+        flag = job.cancel_flag
+        while True:
+            engine = self._engine_for(job)
+            if job.state.terminal:
+                return
+            if job.state is JobState.RUNNING and flag.raised:  # while it waited for a new engine
+                self._finish(job, outcomes.cancelled(flag, tokens_out=0, stopped_at=None), None)
+                return
+            if engine is None:
+                job.finish(self._unavailable())
+                return
+            if job.state is JobState.QUEUED and not job.start():
+                return
+            run = _Run(next(self._run_numbers), job, self.model["name"])
+            with self._cond:
+                self._run = run
+            flag.bind(self.board.address(SLOT))
+            try:
+                try:
+                    engine.process.channel.send(
+                        {
+                            "kind": "run",
+                            "run": run.number,
+                            "job_id": job.job_id,
+                            "prompt_tokens": job.prompt_tokens,
+                            "sampling": asdict(job.sampling),
+                            "slot": SLOT,
+                        }
+                    )
+                except OSError:
+                    pass  # the engine is going: its reader reports it
+                outcome = self._await(run, engine)
+            finally:
+                flag.unbind()
+                with self._cond:
+                    self._run = None
+            if outcome is not None:
+                self._finish(job, outcome, run)
+                return
+            log_event("job_waits_for_engine", job_id=job.job_id, correlation_id=job.correlation_id)
+
+    def _engine_for(self, job: Job) -> _Engine | None:
+        """A ready engine to run the job on; None when there will be none (given up, closing),
+        or once the job has ended or, having started, was cancelled while it waited."""
         with self._cond:
-            while True:  # an engine to run it on; a cancel meanwhile ends the job where it is
-                if job.state.terminal:
-                    return
-                if self.state == "failed" or self._closing:
-                    engine = None
-                    break
+            while True:
+                if job.state.terminal or self.state == "failed" or self._closing:
+                    return None
+                if job.state is JobState.RUNNING and job.cancel_flag.raised:
+                    return None
                 engine = self._engine
                 if engine is not None and engine.ready is not None and not engine.gone:
-                    break
+                    return engine
                 self._cond.wait()
-        if engine is None:
-            job.finish(self._unavailable(), only_from=JobState.QUEUED)
-            return
-        if not job.start():
-            return
-        run = _Run(next(self._run_numbers), job, self.model["name"])
-        flag = job.cancel_flag
-        with self._cond:
-            self._run = run
-        flag.bind(self.board.address(SLOT))
-        try:
-            try:
-                engine.process.channel.send(
-                    {
-                        "kind": "run",
-                        "run": run.number,
-                        "job_id": job.job_id,
-                        "prompt_tokens": job.prompt_tokens,
-                        "sampling": asdict(job.sampling),
-                        "slot": SLOT,
-                    }
-                )
-            except OSError:
-                pass  # the engine is going: its reader reports it
-            outcome = self._await(run, engine)
-        finally:
-            flag.unbind()
-            with self._cond:
-                self._run = None
-        self._finish(job, outcome, run)
 
-    def _await(self, run: _Run, engine: _Engine) -> Outcome:
-        """Wait for the run's facts, the engine's death, or a deadline."""
+    def _await(self, run: _Run, engine: _Engine) -> Outcome | None:
+        """Wait for the run's facts, the engine's death, or a deadline. None: the engine died
+        before it took the run, which may then go to the next engine."""
         job, flag = run.job, run.job.cancel_flag
         timeout_at = (job.started_mono or time.perf_counter()) + self.config.inference_timeout_sec
+        unread_until: float | None = None
         with self._cond:
             while True:
                 if run.facts is not None:
                     return outcomes.of_run(flag, run.facts)
                 if engine.gone:
+                    if flag.raised:
+                        # Stopped (or not) and then dead: the raiser's outcome, with its memory back.
+                        stopped_at = run.stopped_at if run.stopped_at is not None else engine.gone_at
+                        return outcomes.cancelled(flag, tokens_out=job.tokens_out, stopped_at=stopped_at)
+                    if not run.started:
+                        return None
                     return outcomes.engine_failed(tokens_out=job.tokens_out)
                 now = time.perf_counter()
                 if not flag.raised:
@@ -420,17 +563,23 @@ class EngineSupervisor:
                     assert flag.raised_at is not None
                     wake = flag.raised_at + self.cancel_deadline_sec
                     if now >= wake:
+                        # A `done` already sent but not yet read is a confirmation, not a hang.
+                        if engine.unread() and (unread_until is None or now < unread_until):
+                            if unread_until is None:
+                                unread_until = now + UNREAD_GRACE_SEC
+                            self._cond.wait(UNREAD_POLL_SEC)
+                            continue
                         break
                 self._cond.wait(wake - now)
         # The engine did not confirm the stop in time: it is stuck. Kill it and wait for the
-        # OS to take it back; its reader starts the next engine.
+        # OS to take it back; its reader has the keeper start the next engine.
         log_event("engine_forced", logging.WARNING, job_id=job.job_id, pid=engine.process.pid, deadline_ms=self.config.cancel_deadline_ms)
         engine.process.kill()
         return outcomes.cancelled(flag, tokens_out=job.tokens_out, stopped_at=time.perf_counter(), forced=True)
 
-    def _finish(self, job: Job, outcome: Outcome, run: _Run) -> None:
+    def _finish(self, job: Job, outcome: Outcome, run: _Run | None) -> None:
         phase = "prompt" if job.phase is Phase.PROMPT else "decode"
-        if run.facts is not None:  # the last tokens may have carried no text of their own
+        if run is not None and run.facts is not None:  # the last tokens may have carried no text of their own
             job.tokens_out = run.facts.tokens_out
         job.finish(outcome)
         data = outcome.event.data
@@ -455,3 +604,8 @@ class EngineSupervisor:
                 error=data.get("message"),
             )
 
+
+def _cancel(job: Job, reason: CancelReason) -> None:
+    """Raise the job's flag; a job still queued ends at once (it never runs)."""
+    if job.request_cancel(reason) is Phase.QUEUED:
+        job.finish_cancelled_unstarted()

@@ -34,6 +34,9 @@ SEED_MIN = -(2**63)  # OpenAI's seed is a signed 64-bit integer
 ROLES = ("system", "developer", "user", "assistant")
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_USER_CHARS = 256
+# More than ever fit a prompt of MAX_PROMPT_CHARS through a chat template; bounds the
+# validation and the template's rendering of a body of many tiny messages (WO-LIMIT-6).
+MAX_MESSAGES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +287,13 @@ def _messages(value: Any) -> tuple[dict[str, str], ...]:
         raise _wrong_type("messages", "an array", value)
     if not value:
         raise invalid("'messages' must hold at least one message.", "messages", "empty_array")
+    if len(value) > MAX_MESSAGES:
+        raise invalid(
+            f"Invalid 'messages': array too long. Expected an array with maximum length {MAX_MESSAGES}, "
+            f"but got an array with length {len(value)} instead.",
+            "messages",
+            "array_above_max_length",
+        )
     out = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"

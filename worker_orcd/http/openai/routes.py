@@ -41,7 +41,7 @@ from worker_orcd.http.openai.params import (
 from worker_orcd.http.openai.template import (
     NO_SPECIAL_TOKENS,
     ChatTemplateError,
-    render,
+    render_off_loop,
     special_tokens_of,
     uses_special_tokens,
 )
@@ -144,7 +144,7 @@ async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIR
         )
     special = special_tokens_of(model) if uses_special_tokens(source) else NO_SPECIAL_TOKENS
     try:
-        prompt = render(source, req.messages, special)
+        prompt = await render_off_loop(source, req.messages, special)
     except ChatTemplateError as exc:
         raise invalid(str(exc), "messages", "chat_template_error") from None
     if not prompt:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
+from anyio import CapacityLimiter, to_thread
 from jinja2 import Template, TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -79,6 +80,19 @@ def render(source: str, messages: Iterable[dict[str, str]], special: SpecialToke
         raise ChatTemplateError(f"the model's chat template refused the messages: {exc}") from None
     except Exception as exc:  # a template's own logic failing on these messages (a TypeError, …)
         raise ChatTemplateError(f"the model's chat template failed on the messages: {exc!r}") from None
+
+
+# Threads of their own: renders waiting for a thread never hold up the other blocking
+# calls the routes hand off, nor the other way round.
+RENDER_THREADS = 4
+_render_threads = CapacityLimiter(RENDER_THREADS)
+
+
+async def render_off_loop(
+    source: str, messages: Iterable[dict[str, str]], special: SpecialTokens = NO_SPECIAL_TOKENS
+) -> str:
+    """`render` on a thread: a slow template never stalls the event loop's other requests."""
+    return await to_thread.run_sync(render, source, messages, special, limiter=_render_threads)
 
 
 def special_tokens_of(model: dict[str, Any]) -> SpecialTokens:

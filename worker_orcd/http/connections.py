@@ -1,0 +1,103 @@
+"""The connections the front holds, and which one makes room for a new one (WO-LIMIT-4).
+
+Each connection is in one phase. When a new connection comes and `cap` are held,
+the one that has been longest in the first phase of EVICTION_ORDER that has any
+makes room: a connection that has not sent a whole request header (or nothing
+at all yet), then one idle between requests, then one whose body is not whole.
+One that is being answered is never taken. When none can go, the new connection
+may take one of `reserve` places kept for POST /cancel and GET /health; past
+those it is refused.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Hashable, Protocol
+
+
+class Phase(Enum):
+    HEADER = "header"  # its request's header not whole (or nothing sent yet)
+    BODY = "body"  # the header whole, the body not
+    IDLE = "idle"  # between requests
+    BUSY = "busy"  # a whole request being answered
+
+
+EVICTION_ORDER = (Phase.HEADER, Phase.IDLE, Phase.BODY)
+
+
+class Admission(Enum):
+    NORMAL = "normal"
+    RESERVE = "reserve"  # a place kept for POST /cancel and GET /health
+    REFUSED = "refused"
+
+
+class Member(Hashable, Protocol):
+    def evict(self) -> None:
+        """Close at once: the table has already let go of it."""
+
+
+class ConnectionTable:
+    def __init__(self, cap: int, reserve: int) -> None:
+        self.cap = cap
+        self.reserve = reserve
+        self.evicted = 0
+        self.refused = 0
+        self._in_reserve: dict[Member, bool] = {}
+        # Per phase, in the order they entered it: the first is the one there longest.
+        self._phases: dict[Phase, dict[Member, None]] = {phase: {} for phase in Phase}
+        self._phase_of: dict[Member, Phase] = {}
+        self._reserved = 0
+
+    def __len__(self) -> int:
+        return len(self._phase_of)
+
+    def admit(self, member: Member, phase: Phase = Phase.HEADER) -> Admission:
+        if len(self._phase_of) - self._reserved < self.cap:
+            in_reserve = False
+        elif (victim := self._oldest_evictable()) is not None:
+            in_reserve = self._in_reserve[victim]  # the newcomer takes its place
+            self.remove(victim)
+            self.evicted += 1
+            victim.evict()
+        elif self._reserved < self.reserve:
+            in_reserve = True
+        else:
+            self.refused += 1
+            return Admission.REFUSED
+        self._in_reserve[member] = in_reserve
+        self._reserved += in_reserve
+        self.move(member, phase)
+        return Admission.RESERVE if in_reserve else Admission.NORMAL
+
+    def move(self, member: Member, phase: Phase) -> None:
+        """Into `phase`, as its newest member; nothing for a member the table let go."""
+        if member not in self._in_reserve:
+            return
+        old = self._phase_of.get(member)
+        if old is not None:
+            del self._phases[old][member]
+        self._phases[phase][member] = None
+        self._phase_of[member] = phase
+
+    def remove(self, member: Member) -> None:
+        in_reserve = self._in_reserve.pop(member, None)
+        if in_reserve is None:
+            return
+        self._reserved -= in_reserve
+        del self._phases[self._phase_of.pop(member)][member]
+
+    def phase_of(self, member: Member) -> Phase | None:
+        return self._phase_of.get(member)
+
+    def count(self, phase: Phase) -> int:
+        return len(self._phases[phase])
+
+    def _oldest_evictable(self) -> Member | None:
+        # A place of the main pool first: the newcomer then gets a main place. The reserve
+        # is small, so skipping its members costs little.
+        for want_reserve in (False, True):
+            for phase in EVICTION_ORDER:
+                for member in self._phases[phase]:
+                    if self._in_reserve[member] is want_reserve:
+                        return member
+        return None
