@@ -47,7 +47,6 @@ from bench.harness.stats import summary
 from bench.harness.worker_client import WorkerClient
 from worker_orcd.config import default_model_path, default_state_dir
 from worker_orcd.engine import cpu_features
-from worker_orcd.engine.process import ENGINE_NICE
 from worker_orcd.engine.contexts import CPU_UBATCH, ContextSettings, free_context, new_context
 from worker_orcd.engine.model import Model
 from worker_orcd.server import GIL_SWITCH_SEC
@@ -227,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(GIL_SWITCH_SEC)  # as `serve`
     http = http_floor(args.samples, args.settle)
     http["worker_cancel"] = cancel_round_trips(args.samples, args.model)
-    os.nice(ENGINE_NICE)  # as the engine process, relative to where we started
     threads = args.threads or os.cpu_count() or 1
     model_path = args.model or default_model_path()
     # The same check and cache as the worker's: a CPU whose extra buffer types trap

@@ -51,7 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="an engine process not ready by then is killed and counts as a failed start "
         "(default: 120 s plus 60 s per GiB of model)",
     )
-    serve.add_argument("--threads", type=non_negative, default=0, help="CPU threads (0: all cores)")
+    serve.add_argument(
+        "--threads",
+        type=non_negative,
+        default=0,
+        help="CPU threads llama.cpp computes with (0, the default: up to every core, as many as "
+        "decode fastest, measured while it runs; a busy neighbour makes it use fewer)",
+    )
+    serve.add_argument(
+        "--engine-nice",
+        type=non_negative,
+        default=0,
+        metavar="N",
+        help="run the engine process N nice levels below the front (default 0: the same)",
+    )
     serve.add_argument(
         "--prefill-chunk",
         type=_chunk,
@@ -233,6 +246,7 @@ def serve(args: argparse.Namespace) -> int:
         cancel_deadline_ms=args.cancel_deadline_ms,
         engine_start_timeout_sec=args.engine_start_timeout_sec,
         n_threads=args.threads,
+        engine_nice=args.engine_nice,
         prefill_chunk=args.prefill_chunk,
         stop_budget_ms=args.stop_budget_ms,
         spare_context=args.spare_context,

@@ -28,7 +28,8 @@ class WorkerConfig:
     inference_timeout_sec: float = 300.0
     cancel_deadline_ms: int = 4000  # a stop the engine has not confirmed by then is forced
     engine_start_timeout_sec: float | None = None  # None: engine_start_deadline_sec's rule
-    n_threads: int = 0  # 0: every core
+    n_threads: int = 0  # 0: at most every core, as many as decode fastest (engine.threads)
+    engine_nice: int = 0  # nice levels the engine runs below the front
     prefill_chunk: int | None = None  # prompt tokens per decode call; None: sized at start
     stop_budget_ms: float = 20.0  # what one prompt chunk may take (a cancel waits for it)
     spare_context: str = "auto"  # on | off | auto: a second context made in advance
@@ -60,7 +61,7 @@ class WorkerConfig:
 
     @property
     def threads(self) -> int:
-        return self.n_threads or os.cpu_count() or 1
+        return self.n_threads or available_cores()
 
     @property
     def engine_start_deadline_sec(self) -> float:
@@ -91,6 +92,14 @@ def default_jobs_per_tenant(max_queue: int, *, keyed: bool) -> int | None:
     """With keys, half the worker's places (the queue and the running job), so one
     tenant cannot fill it; without keys there is one tenant, bounded by the queue."""
     return max(1, (max_queue + 1) // 2) if keyed else None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, as a container's cpuset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def default_worker_id(port: int) -> str:

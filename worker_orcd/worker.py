@@ -134,6 +134,8 @@ class Worker:
             "prefill_chunk": ready.get("prefill_chunk"),
             "spare_context": ready.get("spare_context"),
             "flash_attn": ready.get("flash_attn"),
+            "threads": self.engine.threads,
+            "engine_nice": ready.get("nice"),
             "active_job": active.job_id if active is not None else None,
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": self.engine.info["cpu_extra_buffers"] if self.engine.info else None,

@@ -35,6 +35,7 @@ from worker_orcd.engine.loop import InferenceLoop, Run
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import Utf8Assembler
+from worker_orcd.engine.threads import Threads
 from worker_orcd.jobs.job import Sampling
 
 _TOKEN_SIZE = ctypes.sizeof(llama_cpp.llama_token)
@@ -59,7 +60,11 @@ class OverheadBench:
     def __init__(self, settings: OverheadSettings) -> None:
         self.settings = settings
         self.model = Model(settings.model, gpu_device=settings.gpu_device, extra_buffers=settings.extra_buffers)
-        self.loop = InferenceLoop(self.model, _NoSpares(), _DiscardChannel(), prefill_chunk=settings.prefill_chunk)
+        # At the bare loop's fixed thread count: the loop's own cost, not the threads' choice.
+        threads = Threads.choose(settings.n_threads, fixed=True)
+        self.loop = InferenceLoop(
+            self.model, _NoSpares(), _DiscardChannel(), prefill_chunk=settings.prefill_chunk, threads=threads
+        )
         self.ctx_settings = ContextSettings(settings.n_ctx, settings.prefill_chunk, settings.n_threads)
         self.board = CancelBoard(1)
         self.word_address = self.board.address(0)  # never raised here: a run that is not cancelled

@@ -34,6 +34,8 @@ HEALTH_FIELDS = {
     "prefill_chunk",
     "spare_context",
     "flash_attn",
+    "threads",
+    "engine_nice",
 }
 
 
@@ -63,6 +65,12 @@ def test_health_fields(client, worker):
     assert h["engine"]["state"] == "ready" and h["engine"]["reason"] is None
     assert h["engine"]["pid"] and h["engine"]["pid"] != worker.proc.pid
     assert set(h["cpu_extra_buffers"]) == {"mode", "enabled", "source", "reason"}  # WO-CPU-1
+    # WO-THREADS-1: chosen while it runs among counts up to the cores (the test worker's --threads).
+    for kind in ("decode", "batch"):
+        threads = h["threads"][kind]
+        assert threads["current"] in threads["candidates"] and max(threads["candidates"]) >= 1
+        assert set(threads) == {"mode", "current", "candidates", "step_ms", "switches"}
+    assert h["engine_nice"] == 0  # WO-ENGINE-6
     later = client.get("/health").json()
     assert later["uptime_seconds"] >= h["uptime_seconds"] > 0
 

@@ -31,6 +31,7 @@ from worker_orcd.engine.faults import FaultPlan, die
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
+from worker_orcd.engine.threads import Threads
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs.job import Sampling
 from worker_orcd.log import log_event
@@ -74,12 +75,14 @@ class InferenceLoop:
         channel: Channel,
         *,
         prefill_chunk: int,
+        threads: Threads,
         faults: FaultPlan | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
         self.channel = channel
         self.prefill_chunk = prefill_chunk
+        self.threads = threads
         self.faults = faults or FaultPlan()
         self._runs: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
         self._abort_callback = llama_cpp.ggml_abort_callback(native.abort_callback_address())
@@ -121,6 +124,7 @@ class InferenceLoop:
                     "tokens_out": facts.tokens_out,
                     "prompt_ms": round(facts.prompt_ms, 3),
                     "decode_ms": round(facts.decode_ms, 3),
+                    "threads": self.threads.health(),
                 }
             )
             self.pool.refill()  # after the run: one that ended early still leaves a spare
@@ -178,8 +182,13 @@ class InferenceLoop:
     def _generate(self, run: Run, word: Any, ctx: int, sampler: int) -> _Facts:
         decode = self.faults.decode_for(run.job_id, llama_cpp.llama_decode)
         batch_get_one = llama_cpp.llama_batch_get_one
+        clock = time.perf_counter
+        set_threads = llama_cpp.llama_set_n_threads
+        per_token, per_chunk = self.threads.decode, self.threads.batch
+        n_token, n_chunk = per_token.current, per_chunk.current
+        set_threads(ctx, n_token, n_chunk)
 
-        t0 = time.perf_counter()
+        t0 = clock()
         n_prompt = len(run.prompt_tokens)
         prompt = (llama_cpp.llama_token * n_prompt)(*run.prompt_tokens)
         base = ctypes.addressof(prompt)
@@ -187,12 +196,17 @@ class InferenceLoop:
             if word.value:
                 return self._stopped(run, _Facts())
             n = min(self.prefill_chunk, n_prompt - start)
+            began = clock()
             rc = decode(ctx, batch_get_one(ctypes.cast(base + start * _TOKEN_SIZE, _TOKEN_P), n))
             if rc != 0:
                 return self._decode_failed(run, rc, _Facts())
-        t1 = time.perf_counter()
+            if per_chunk.observe((clock() - began) / n) != n_chunk:
+                n_chunk = per_chunk.current
+                set_threads(ctx, n_token, n_chunk)
+        t1 = clock()
 
         sample = llama_cpp.llama_sampler_sample
+        observe = per_token.observe
         piece = self.model.piece
         eog = self.model.eog_tokens
         utf8 = Utf8Assembler().feed
@@ -230,15 +244,19 @@ class InferenceLoop:
             if n_out == fault_at:  # tests only: stuck in C deaf to the word, or dead as on a CUDA error
                 fault()
             current[0] = token
+            began = clock()
             rc = decode(ctx, next_batch)
             if rc != 0:
                 return self._decode_failed(run, rc, _Facts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
+            if observe(clock() - began) != n_token:
+                n_token = per_token.current
+                set_threads(ctx, n_token, n_chunk)
         if stops is not None and reason != "stop":
             tail = stops.flush()
             if tail:
                 send_token(number, n_out, tail)
         return _Facts(
-            stop_reason=reason, tokens_out=n_out, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, time.perf_counter())
+            stop_reason=reason, tokens_out=n_out, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, clock())
         )
 
     def _decode_failed(self, run: Run, rc: int, facts: _Facts) -> _Facts:

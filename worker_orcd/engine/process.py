@@ -29,7 +29,6 @@ from worker_orcd.cancel_board import CancelBoard
 from worker_orcd.engine.parent import die_with_parent
 from worker_orcd.wire import Channel
 
-ENGINE_NICE = 5  # below the front: the event loop gets a core at once
 GIL_SWITCH_SEC = 0.0005  # a thread back from llama.cpp waits at most this for the GIL
 
 
@@ -45,7 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stop-budget-ms", type=float, default=20.0)
     p.add_argument("--spare-context", default="auto")
     p.add_argument("--flash-attn", default="auto")
-    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True, help="the most threads llama.cpp computes with")
+    p.add_argument("--fixed-threads", action="store_true", help="always --threads (else chosen by timing)")
+    p.add_argument("--nice", type=int, default=0, help="nice levels below the front")
     p.add_argument("--cpu-extra-buffers", default="auto")
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--worker-id", default="")
@@ -60,19 +61,20 @@ def _detach_from_signals() -> None:
     die_with_parent()
 
 
-def _lower_priority() -> None:
+def _lower_priority(levels: int) -> None:
     """Relative to the front's own level, for every thread this process will have
     (llama.cpp's workers included)."""
-    try:
-        os.nice(ENGINE_NICE)
-    except OSError:
-        pass
+    if levels:
+        try:
+            os.nice(levels)
+        except OSError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _detach_from_signals()
-    _lower_priority()
+    _lower_priority(args.nice)
     sys.setswitchinterval(GIL_SWITCH_SEC)
     log.configure(
         args.worker_id, args.log_level, os.fdopen(args.log_fd, "w", buffering=1) if args.log_fd is not None else None
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker_orcd.engine.contexts import ContextPool, ContextSettings, ContextUnavailable
     from worker_orcd.engine.faults import FaultPlan
     from worker_orcd.engine.loop import InferenceLoop, Run
+    from worker_orcd.engine.threads import Threads
     from worker_orcd.engine.model import Model, ModelLoadError
     from worker_orcd.jobs.job import Sampling
 
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ContextUnavailable, ValueError, RuntimeError) as exc:
         channel.send({"kind": "failed", "message": str(exc)})
         return 1
-    loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, faults=faults)
+    threads = Threads.choose(args.threads, fixed=args.fixed_threads)
+    loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, threads=threads, faults=faults)
     loop.start()
     info = model.info
     channel.send(
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             "flash_attn": args.flash_attn,
             "cpu_extra_buffers": extra.health(),
             "context_make_ms": pool.last_make_ms,
+            "threads": threads.health(),
+            "nice": args.nice,
         }
     )
     try:

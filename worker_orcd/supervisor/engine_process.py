@@ -85,6 +85,8 @@ class EngineProcess:
                 config.flash_attn,
                 "--threads",
                 str(config.threads),
+                "--nice",
+                str(config.engine_nice),
                 "--cpu-extra-buffers",
                 config.cpu_extra_buffers,
                 "--state-dir",
@@ -98,6 +100,8 @@ class EngineProcess:
             ]
             if config.gpu_device is not None:
                 cmd += ["--gpu-device", str(config.gpu_device)]
+            if config.n_threads:
+                cmd.append("--fixed-threads")
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,

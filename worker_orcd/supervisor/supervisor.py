@@ -113,6 +113,7 @@ class EngineSupervisor:
         self.restarts = 0
         self.info: dict[str, Any] | None = None  # the first engine's `ready`: model, extra buffers
         self.active: Job | None = None
+        self.threads: dict[str, Any] | None = None  # the engine's latest thread choice
         self._spawn_process = spawn or EngineProcess.start
         self._engine: _Engine | None = None
         self._run: _Run | None = None
@@ -346,8 +347,10 @@ class EngineSupervisor:
                         run.stopped_at = message["at"]
                     else:
                         run.facts = outcomes.RunFacts.of(message)
+                        self.threads = message.get("threads", self.threads)
             elif kind == "ready":
                 engine.ready = message
+                self.threads = message.get("threads")
                 if self.info is None:
                     self.info = message
                 if engine is self._engine and not self._closing:
