@@ -4,7 +4,7 @@
 
 1. The channel's cost per token: a child process sends token frames as the
    engine does (`wire.Channel.send_token`), this process receives them as the
-   front's reader does; CPU time per frame on each side.
+   front does (on its event loop, every frame that has come per wake-up); CPU time per frame on each side.
 2. The engine killed (SIGKILL) mid-stream: from the kill to the terminal event
    at the client, and from the kill to the first token of the next job (sent
    at once: it waits for the new engine).
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ from bench.harness.prompts import story
 from bench.harness.rss import rss_bytes
 from bench.harness.stats import summary
 from bench.harness.worker_client import WorkerClient
-from worker_orcd.wire import Channel
+from worker_orcd.wire import Channel, decode
 
 TOKEN_TEXT = " token"  # a typical piece: one short word
 DEATHS_PER_WORKER = 4
@@ -49,6 +50,28 @@ ch.send({{"cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before
 """
 
 
+async def _receive_on_a_loop(channel: Channel, frames: int) -> dict[str, Any]:
+    """As the front reads its engine's channel: on the event loop, every frame that has
+    come per wake-up. Returns the sender's closing message."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+    seen = 0
+
+    def readable() -> None:
+        nonlocal seen
+        for frame in channel.read_available() or ():
+            message = decode(frame)
+            if isinstance(message, tuple):
+                seen += 1
+            elif not done.done():
+                assert seen == frames, seen
+                loop.remove_reader(channel.fileno())
+                done.set_result(message)
+
+    loop.add_reader(channel.fileno(), readable)
+    return await done
+
+
 def channel_cost(frames: int) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     code = _SENDER.format(text=TOKEN_TEXT)
@@ -59,12 +82,9 @@ def channel_cost(frames: int) -> dict[str, Any]:
     channel = Channel(ours.detach())
     t0 = time.perf_counter()
     c0 = time.process_time()
-    for _ in range(frames):
-        message = channel.recv()
-        assert isinstance(message, tuple)
+    sent = asyncio.run(_receive_on_a_loop(channel, frames))
     receive_cpu = time.process_time() - c0
     wall = time.perf_counter() - t0
-    sent = channel.recv()
     child.wait()
     channel.close()
     return {

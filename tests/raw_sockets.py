@@ -34,3 +34,20 @@ def as_response(raw: bytes) -> httpx.Response:
     lines = head.decode("latin-1").split("\r\n")
     headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
     return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
+
+
+def read_response(s: socket.socket, timeout: float = 10.0) -> httpx.Response:
+    """One whole answer of a kept-alive connection (its Content-Length), however it arrives."""
+    s.settimeout(timeout)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(as_response(head + b"\r\n\r\n").headers["content-length"])
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    return as_response(head + b"\r\n\r\n" + body)

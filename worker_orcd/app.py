@@ -10,6 +10,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable
 from worker_orcd.http.console_page import CONSOLE_ROUTES
@@ -20,10 +21,11 @@ from worker_orcd.http.offload import Offload
 from worker_orcd.http.openai import OPENAI_ROUTES
 from worker_orcd.http.origin import BrowserGuardMiddleware, HostRule, OriginRule
 from worker_orcd.http.routes import ROUTES
+from worker_orcd.http.sse import RAW_SEND
 from worker_orcd.worker import Worker
 
 
-def create_app(worker: Worker) -> Starlette:
+def create_app(worker: Worker) -> ASGIApp:
     config = worker.config
     app = Starlette(
         routes=[*ROUTES, *CONSOLE_ROUTES, *OPENAI_ROUTES],
@@ -44,4 +46,10 @@ def create_app(worker: Worker) -> Starlette:
     app.router.redirect_slashes = False
     app.state.worker = worker
     app.state.offload = Offload()
-    return app
+
+    async def with_raw_send(scope: Scope, receive: Receive, send: Send) -> None:
+        # A stream's body, written per token, skips the middleware, which acts on starts only.
+        scope[RAW_SEND] = send
+        await app(scope, receive, send)
+
+    return with_raw_send

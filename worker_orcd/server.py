@@ -8,6 +8,7 @@ terminal event is uvicorn told to exit; a second signal exits at once.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import sys
@@ -16,7 +17,6 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import uvicorn
-from sse_starlette.sse import AppStatus
 
 from worker_orcd.app import create_app
 from worker_orcd.config import WorkerConfig
@@ -55,20 +55,32 @@ class WorkerServer(uvicorn.Server):
 
 
 def run(config: WorkerConfig, sock: socket.socket) -> int:
-    # Streams end on their own after their terminal event; sse-starlette must not
-    # cut them when uvicorn starts to exit.
-    AppStatus.disable_automatic_graceful_drain()
-    # The channel's reader thread hands each token to the event loop; it should not
-    # wait long for the GIL while a request holds it.
+    # The front's threads (dispatcher, ledger) hand the GIL back to the event loop, which
+    # reads the engine's channel, within this much.
     sys.setswitchinterval(GIL_SWITCH_SEC)
-    worker = Worker(config)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(config, sock))
+
+
+def _loop_factory():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve(config: WorkerConfig, sock: socket.socket) -> int:
+    """The whole life of the worker on one event loop: it reads the engine's channel from
+    the engine's first message to its last, so the start and the drain wait on threads."""
+    worker = Worker(config, asyncio.get_running_loop())
     if worker.ledger.recovered:
         log_event("ledger_recovered", jobs_marked_restarted=worker.ledger.recovered)
     try:
         with signals_noted() as stop_requested:  # a SIGTERM during a long model load
-            worker.start(stop_requested)
+            await asyncio.to_thread(worker.start, stop_requested)
     except EngineStartFailed as exc:
-        worker.close()
+        await asyncio.to_thread(worker.close)
         if stop_requested():
             log_event("worker_stopped", during="start")
             return 0
@@ -106,16 +118,18 @@ def run(config: WorkerConfig, sock: socket.socket) -> int:
         engine_pid=worker.engine.engine_pid,
     )
     try:
-        server.run(sockets=[sock])
+        await server.serve(sockets=[sock])
     finally:
         if server.force_exit or not server.drain.started:
             # A second signal, or uvicorn stopped on its own: end every job now.
-            worker.drain(0.0)
+            await asyncio.to_thread(worker.drain, 0.0)
         else:
-            worker.engine.join(timeout=config.cancel_deadline_ms / 1000.0 + 30)
-        worker.close()
+            await asyncio.to_thread(worker.engine.join, config.cancel_deadline_ms / 1000.0 + 30)
+        await asyncio.to_thread(worker.close)
         log_event("worker_stopped")
     return 0
+
+
 
 
 @contextmanager

@@ -1,15 +1,19 @@
 """What the front and the engine process say to each other, over one socket pair.
 
-Every message is one frame (`multiprocessing.connection` framing: a length, then
-the bytes). A streamed token, the only message per token, is packed by hand:
-`T`, the run's number, the model tokens so far and the text. Everything else
-is rare (a few per job) and pickled.
+Every message is one frame (`multiprocessing.connection` framing: a 4-byte
+big-endian length, then the bytes). A streamed token, the only message per
+token, is packed by hand: `T`, the run's number, the model tokens so far and
+the text. Everything else is rare (a few per job) and pickled.
 
 Front → engine: `tokenize`, `run`, `exit`. A cancel is no message: the front
 raises the job's word on the cancel board, which the engine reads.
 Engine → front: `ready` or `failed` (at start), `tokens` (a tokenize answer),
 `started`, token frames, `stopped` (the loop saw the flag), `done` (the run's
 facts, sent after its context was freed).
+
+The engine reads its end with `Channel.recv`; the front reads its end on its
+event loop (`Channel.read_available`): whatever has arrived, every frame of it,
+in one call, without waiting.
 """
 
 from __future__ import annotations
@@ -17,15 +21,29 @@ from __future__ import annotations
 import array
 import fcntl
 import pickle
+import socket
 import struct
 import termios
 import threading
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Union
 
 TOKEN = b"T"
 MESSAGE = b"M"
 _TOKEN_HEAD = struct.Struct("<cII")  # kind, run number, model tokens so far
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")  # after a length of -1 (frames of 2 GiB or more)
+READ_BYTES = 1 << 16
+
+Message = Union[dict[str, Any], tuple[int, int, str]]
+
+
+def decode(frame: bytes) -> Message:
+    """A frame's message: a dict, or (run, tokens_out, text) for a token."""
+    if frame[:1] == TOKEN:
+        _, run, tokens_out = _TOKEN_HEAD.unpack_from(frame)
+        return run, tokens_out, frame[_TOKEN_HEAD.size :].decode("utf-8")
+    return pickle.loads(frame[1:])
 
 
 class Channel:
@@ -34,6 +52,11 @@ class Channel:
     def __init__(self, fd: int) -> None:
         self._conn = Connection(fd)
         self._send_lock = threading.Lock()
+        self._sock: socket.socket | None = None  # for reads that never wait
+        self._pending = bytearray()  # what arrived after the last whole frame
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
 
     def send(self, message: dict[str, Any]) -> None:
         data = MESSAGE + pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
@@ -50,25 +73,56 @@ class Channel:
         with self._send_lock:
             self._conn.send_bytes(data)
 
-    def recv(self) -> dict[str, Any] | tuple[int, int, str]:
-        """The next message: a dict, or (run, tokens_out, text) for a token.
+    def recv(self) -> Message:
+        """The next message, waiting for it. Raises EOFError (or OSError) once the other
+        process has gone."""
+        return decode(self._conn.recv_bytes())
 
-        Raises EOFError (or OSError) once the other process has gone.
-        """
-        data = self._conn.recv_bytes()
-        if data[:1] == TOKEN:
-            _, run, tokens_out = _TOKEN_HEAD.unpack_from(data)
-            return run, tokens_out, data[_TOKEN_HEAD.size :].decode("utf-8")
-        return pickle.loads(data[1:])
+    def read_available(self) -> list[bytes] | None:
+        """Every whole frame that has arrived, without waiting (one read); None at the end
+        of the stream (the other process has gone). The descriptor stays blocking for the
+        senders: only this read does not wait."""
+        if self._sock is None:
+            self._sock = socket.socket(fileno=self._conn.fileno())
+        try:
+            data = self._sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        buf = self._pending
+        buf += data
+        frames: list[bytes] = []
+        start, end = 0, len(buf)
+        while end - start >= 4:
+            (size,) = _LENGTH.unpack_from(buf, start)
+            head = 4
+            if size == -1:
+                if end - start < 12:
+                    break
+                (size,) = _LONG_LENGTH.unpack_from(buf, start + 4)
+                head = 12
+            if end - start < head + size:
+                break
+            frames.append(bytes(buf[start + head : start + head + size]))
+            start += head + size
+        del buf[:start]
+        return frames
 
     def pending(self) -> int:
-        """Bytes the other process has sent that nobody has read yet (0 once closed)."""
+        """Bytes the other process has sent that are not yet read, or read but not yet
+        whole frames (0 once closed)."""
         count = array.array("i", [0])
         try:
             fcntl.ioctl(self._conn.fileno(), termios.FIONREAD, count)
         except (OSError, ValueError):
-            return 0
-        return count[0]
+            return len(self._pending)
+        return count[0] + len(self._pending)
 
     def close(self) -> None:
+        if self._sock is not None:
+            self._sock.detach()  # the descriptor is the connection's to close
+            self._sock = None
         self._conn.close()

@@ -8,6 +8,7 @@ process does (`worker_orcd.supervisor`).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any, Callable
@@ -28,7 +29,8 @@ from worker_orcd.supervisor.supervisor import EngineSupervisor
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`loop`: the event loop that reads the engine's channel (the HTTP server's)."""
         self.config = config
         check_model_file(config.model_path)  # a bad path fails fast, before the engine starts
         self.ledger = Ledger(config.ledger_path, max_jobs=config.ledger_max_jobs)
@@ -38,7 +40,7 @@ class Worker:
             early_cancels=EarlyCancels(config.early_cancel_sec),
             max_jobs_per_tenant=config.tenant_job_limit,
         )
-        self.engine = EngineSupervisor(config, self.manager.queue)
+        self.engine = EngineSupervisor(config, self.manager.queue, loop=loop)
         self.manager.add_listener(self.ledger.record)
         self.manager.add_listener(self.engine.notify)  # a cancel starts the engine's hard deadline
         self.vram = VramMonitor(NvmlProbe.disabled("not a CUDA device"))

@@ -7,10 +7,16 @@ import json
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from worker_orcd.http.sse import EventChannel, encode_event
+from worker_orcd.http import sse
+from worker_orcd.http.sse import EventChannel, EventStream, encode_event, encode_events, encode_token
 from worker_orcd.jobs import events
 from worker_orcd.jobs.events import Event
+
+
+SCOPE = {"type": "http", "method": "POST"}
 
 
 def _parse(raw: bytes) -> tuple[str, dict]:
@@ -123,3 +129,100 @@ def test_events_put_before_get_are_batched():
         assert [e.name for e in await asyncio.wait_for(pending, 10)] == ["end"]
 
     asyncio.run(main())
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(), index=st.integers(min_value=0, max_value=10**6))
+def test_the_token_fast_path_writes_what_encode_event_writes(text, index):
+    assert encode_token(text, index) == encode_event(events.token(text, index))
+    batch = [events.token(text, index), events.end(1, 2.0, "eos")]
+    assert encode_events(batch) == b"".join(map(encode_event, batch))
+
+
+def test_a_nudge_is_kept_for_the_next_get():
+    async def run() -> list:
+        channel = EventChannel(asyncio.get_running_loop())
+        channel.nudge()  # nobody waiting yet: the next get_all must not wait
+        first = await asyncio.wait_for(channel.get_all(), 1)
+        channel.put(events.token("a", 0))
+        second = await channel.get_all()
+        return [first, second]
+
+    first, second = asyncio.run(run())
+    assert first == [] and [e.name for e in second] == ["token"]
+
+
+class _Client:
+    """An ASGI server's side of one streamed answer: what was sent, and a disconnect to give."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.gone = asyncio.Event()
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    async def receive(self) -> dict:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+
+def test_the_stream_writes_batches_then_ends_after_the_terminal_event():
+    ended = []
+
+    async def run(client: _Client) -> None:
+        channel = EventChannel(asyncio.get_running_loop())
+        stream = EventStream(channel, encode_events, lambda: ended.append(True), {"X-Request-Id": "r1"})
+        task = asyncio.create_task(stream(SCOPE, client.receive, client.send))
+        for i in range(3):
+            channel.put(events.token(str(i), i))
+        await asyncio.sleep(0)
+        channel.put(events.end(3, 1.0, "eos"))
+        await asyncio.wait_for(task, 1)
+
+    client = _Client()
+    asyncio.run(run(client))
+    start = client.sent[0]
+    assert start["type"] == "http.response.start" and (b"x-request-id", b"r1") in start["headers"]
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
+    names = [_parse(block + b"\n\n")[0] for block in client.body().split(b"\n\n") if block]
+    assert names == ["token", "token", "token", "end"]
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert ended == [True]
+
+
+def test_a_client_that_goes_away_ends_the_stream_and_calls_on_end_once():
+    ended = []
+
+    async def run(client: _Client) -> None:
+        channel = EventChannel(asyncio.get_running_loop())
+        stream = EventStream(channel, encode_events, lambda: ended.append(True))
+        task = asyncio.create_task(stream(SCOPE, client.receive, client.send))
+        channel.put(events.token("a", 0))
+        await asyncio.sleep(0.01)
+        client.gone.set()  # no event comes after: the nudge alone ends it
+        await asyncio.wait_for(task, 1)
+
+    client = _Client()
+    asyncio.run(run(client))
+    assert ended == [True] and b"event: token" in client.body()
+
+
+def test_a_silent_stream_gets_pings(monkeypatch):
+    monkeypatch.setattr(sse, "PING_SEC", 0.02)
+
+    async def run(client: _Client) -> None:
+        channel = EventChannel(asyncio.get_running_loop())
+        stream = EventStream(channel, encode_events, lambda: None)
+        task = asyncio.create_task(stream(SCOPE, client.receive, client.send))
+        while client.body().count(sse.PING) < 2:
+            await asyncio.sleep(0.01)
+        channel.put(events.end(0, 0.0, "eos"))
+        await asyncio.wait_for(task, 1)
+
+    client = _Client()
+    asyncio.run(asyncio.wait_for(run(client), 5))
+    assert client.body().startswith(sse.PING) and client.body().endswith(b"\n\n")

@@ -160,7 +160,7 @@ def test_a_done_waiting_unread_at_the_deadline_is_a_confirmation(start_superviso
     wait_until(lambda: job.state is JobState.RUNNING and sink.events)
     job.request_cancel(CancelReason.CLIENT)
     assert held.wait(5)
-    wait_until(lambda: sup._engine.process.channel.pending() > 0)  # `done` is in the socket
+    wait_until(lambda: sup._engine.unread())  # `done` has come, not yet read through
     # Past the hard deadline, then the reader gets going again.
     wait_until(lambda: time.perf_counter() > job.cancel_flag.raised_at + DEADLINE_MS / 1000 + 0.1)
     release.set()

@@ -2,21 +2,21 @@
 
 Every route that runs the model goes through `accept` (tokenize, check the
 limits that need the tokenizer, queue) and reads the job's events with
-`stream_job` or `collect_job`, so jobs, queue, ledger, tenants, metrics and
+`stream_response` or `collect_job`, so jobs, queue, ledger, tenants, metrics and
 the cancel path are one whatever the API a client speaks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, Callable
 
 from starlette.requests import Request
 
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.offload import offload_of
-from worker_orcd.http.sse import EventChannel, encode_event
+from worker_orcd.http.sse import EventChannel, EventStream, encode_events
 from worker_orcd.http.validation import ExecuteRequest, check_token_limits
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.events import Event
@@ -141,33 +141,17 @@ async def accept(
     return job, channel
 
 
-def encode_events(batch: Iterable[Event]) -> bytes:
-    """`/execute`'s encoding: each event as `event:` and `data:` lines."""
-    return b"".join(map(encode_event, batch))
-
-
-async def stream_job(
+def stream_response(
     job: Job,
     channel: EventChannel,
     worker: Worker,
     encode: Callable[[list[Event]], bytes] = encode_events,
-) -> AsyncIterator[bytes]:
-    """The job's events as SSE bytes, ending after its terminal event.
-
-    Everything that piled up since the last write goes out in one write. If the
-    stream ends any other way (the client went away), the job is cancelled
-    exactly as by POST /cancel.
-    """
-    try:
-        while True:
-            batch = await channel.get_all()
-            data = encode(batch)
-            if data:  # a completion stream has nothing to say when its job starts
-                yield data
-            if batch[-1].terminal:  # nothing is ever emitted after it
-                return
-    finally:
-        cancel_on_disconnect(job, worker)
+    headers: dict[str, str] | None = None,
+) -> EventStream:
+    """The job's events as an SSE response, ending after its terminal event. If the
+    stream ends any other way (the client went away), the job is cancelled exactly as
+    by POST /cancel."""
+    return EventStream(channel, encode, lambda: cancel_on_disconnect(job, worker), headers)
 
 
 async def collect_job(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -12,14 +11,14 @@ from starlette.routing import Route
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.accept import (
     accept,
-    cancel_on_disconnect,
     ensure_accepting,
-    stream_job,
+    stream_response,
     tenant_of,
 )
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.health import health_for
 from worker_orcd.http.offload import offload_of
+from worker_orcd.http.sse import EventStream
 from worker_orcd.http.validation import (
     parse_cancel,
     parse_execute,
@@ -31,7 +30,6 @@ from worker_orcd.log import log_event
 from worker_orcd.worker import Worker
 
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")  # specs/openapi.json
-SSE_PING_SEC = 15
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -48,7 +46,7 @@ async def _json_body(request: Request) -> dict:
     return parse_json_object(await request.body())
 
 
-async def execute(request: Request) -> EventSourceResponse:
+async def execute(request: Request) -> EventStream:
     worker = _worker(request)
     try:
         ensure_accepting(worker)
@@ -57,17 +55,7 @@ async def execute(request: Request) -> EventSourceResponse:
     except RequestError:
         worker.metrics.rejected()
         raise
-
-    async def client_gone(message: object) -> None:
-        # Also covers a client that leaves before the stream's first event.
-        cancel_on_disconnect(job, worker)
-
-    return EventSourceResponse(
-        stream_job(job, channel, worker),
-        ping=SSE_PING_SEC,
-        sep="\n",
-        client_close_handler_callable=client_gone,
-    )
+    return stream_response(job, channel, worker)
 
 
 async def cancel(request: Request) -> JSONResponse:

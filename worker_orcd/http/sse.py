@@ -1,8 +1,15 @@
 """Events → Server-Sent Events, and the hand-over from the engine's side.
 
-The channel's reader and the dispatcher never touch HTTP: they put events into
-an EventChannel, which wakes the event loop only when the stream is waiting. The stream sends
-everything that has piled up in one write.
+The channel's reader (on the event loop) and the dispatcher (a thread) never touch
+HTTP: they put events into an EventChannel, which wakes the stream only when it is
+waiting, at once from the loop itself and through the loop from a thread. The stream
+(`EventStream`) sends everything that has piled up in one write.
+
+Per token the stream does one wait, one encode and one write: no task group, no
+cancel scope, no lock per message (what a general SSE response pays for pings and
+timeouts). Keep-alive pings and the client's disconnect come in through the same
+channel, as an empty wake-up, so the token path checks nothing for them. A stalled
+reader is bounded below, by the connection's protocol (WO-LIMIT-5).
 """
 
 from __future__ import annotations
@@ -10,11 +17,26 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from asyncio.events import _get_running_loop as _running_loop
 from collections import deque
+from typing import Callable, Iterable
+
+from starlette.types import Receive, Scope, Send
 
 from worker_orcd.jobs.events import Event
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_string = json.encoder.encode_basestring  # a str as JSON, in C, as _dumps writes it
+
+PING_SEC = 15  # a comment on a stream silent this long, so proxies keep it open
+PING = b": ping\n\n"
+RAW_SEND = "worker_orcd.send"  # the server's own send, put in the scope by the app (app.py)
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 def encode_event(event: Event) -> bytes:
@@ -22,31 +44,49 @@ def encode_event(event: Event) -> bytes:
     return f"event: {event.name}\ndata: {_dumps(event.data)}\n\n".encode()
 
 
+def encode_token(text: str, index: int) -> bytes:
+    """A token event as `encode_event` writes it, without going through a dict."""
+    return f'event: token\ndata: {{"t":{_string(text)},"i":{index}}}\n\n'.encode()
+
+
+def encode_events(batch: Iterable[Event]) -> bytes:
+    """`/execute`'s encoding: each event as `event:` and `data:` lines."""
+    return b"".join(
+        encode_token(e.data["t"], e.data["i"]) if e.name == "token" else encode_event(e) for e in batch
+    )
+
+
 class EventChannel:
     """Many producers on any thread, one asyncio consumer."""
 
-    __slots__ = ("_loop", "_events", "_lock", "_waiter")
+    __slots__ = ("_loop", "_events", "_lock", "_waiter", "_nudged")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._events: deque[Event] = deque()
         self._lock = threading.Lock()
         self._waiter: asyncio.Future[None] | None = None
+        self._nudged = False
 
     def put(self, event: Event) -> None:
         with self._lock:
             self._events.append(event)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            try:
-                self._loop.call_soon_threadsafe(_wake, waiter)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
+            self._wake(waiter)
+
+    def nudge(self) -> None:
+        """Wake the consumer, or have its next `get_all` return at once, even with nothing."""
+        with self._lock:
+            self._nudged = True
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._wake(waiter)
 
     async def get_all(self) -> list[Event]:
-        """Every event put since the last call; waits for at least one."""
+        """Every event put since the last call; waits for at least one, or a nudge."""
         with self._lock:
-            if not self._events:
+            if not self._events and not self._nudged:
                 self._waiter = waiter = self._loop.create_future()
             else:
                 waiter = None
@@ -55,9 +95,92 @@ class EventChannel:
         with self._lock:
             events = list(self._events)
             self._events.clear()
+            self._nudged = False
         return events
 
+    def _wake(self, waiter: asyncio.Future[None]) -> None:
+        if _running_loop() is self._loop:  # the channel's reader, on the loop itself
+            _set(waiter)
+            return
+        try:
+            self._loop.call_soon_threadsafe(_set, waiter)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
 
-def _wake(waiter: asyncio.Future[None]) -> None:
+
+def _set(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class EventStream:
+    """A job's events as an SSE response, ending after its terminal event.
+
+    `on_end` runs however the stream ends: after the terminal event, or when the
+    client went away first (it cancels the job then). The response's start goes
+    through the app's middleware; its body, written per token, goes to the server's
+    own `send` (RAW_SEND), as the middleware acts on the start only.
+    """
+
+    def __init__(
+        self,
+        channel: EventChannel,
+        encode: Callable[[list[Event]], bytes],
+        on_end: Callable[[], None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.encode = encode
+        self.on_end = on_end
+        self.headers = HEADERS + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self.gone = False
+        self._writes = 0
+        self._ticker: asyncio.TimerHandle | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch(receive))
+        self._ticker = loop.call_later(PING_SEC, self._tick, loop, 0)
+        pump = None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            # Its own task: each token then resumes this one frame, not the request's
+            # whole stack of middleware coroutines beneath it.
+            pump = loop.create_task(self._pump(scope.get(RAW_SEND, send)))
+            await pump
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            watcher.cancel()
+            if self._ticker is not None:
+                self._ticker.cancel()
+            self.on_end()
+
+    async def _pump(self, write: Send) -> None:
+        get_all, encode = self.channel.get_all, self.encode
+        while True:
+            batch = await get_all()
+            if self.gone:  # nudged when the client went away
+                return
+            if not batch:  # a nudge: a ping is due
+                await write({"type": "http.response.body", "body": PING, "more_body": True})
+                continue
+            data = encode(batch)
+            if data:  # a completion stream has nothing to say when its job starts
+                self._writes += 1
+                await write({"type": "http.response.body", "body": data, "more_body": True})
+            if batch[-1].terminal:  # nothing is ever emitted after it
+                break
+        await write({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive) -> None:
+        """Until the client goes away (the request's body was read whole before)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self.channel.nudge()
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, seen: int) -> None:
+        if self._writes == seen:  # nothing written for PING_SEC
+            self.channel.nudge()
+        self._ticker = loop.call_later(PING_SEC, self._tick, loop, self._writes)

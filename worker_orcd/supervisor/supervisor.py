@@ -28,6 +28,7 @@ reason, and every waiting and new job gets `ENGINE_UNAVAILABLE`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
@@ -46,6 +47,7 @@ from worker_orcd.jobs.job import Job, JobState, Outcome, Phase
 from worker_orcd.jobs.queue import JobQueue
 from worker_orcd.log import log_event
 from worker_orcd.supervisor.engine_process import EngineProcess
+from worker_orcd.wire import decode
 
 SLOT = 0  # one job runs at a time: one word on the board
 MAX_DEATHS = 5
@@ -102,7 +104,14 @@ class _Request:
 
 
 class EngineSupervisor:
-    def __init__(self, config: WorkerConfig, queue: JobQueue, *, spawn: Spawn | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        queue: JobQueue,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        spawn: Spawn | None = None,
+    ) -> None:
         self.config = config
         self.queue = queue
         self.board = CancelBoard(1)
@@ -115,6 +124,10 @@ class EngineSupervisor:
         self.active: Job | None = None
         self.threads: dict[str, Any] | None = None  # the engine's latest thread choice
         self._spawn_process = spawn or EngineProcess.start
+        # The loop that reads the engines' channels: the HTTP server's, or one of our own.
+        self._loop, self._own_loop = (loop, None) if loop is not None else _loop_thread()
+        self._stop_requested: Callable[[], bool] = lambda: False
+        self._first_failure: tuple[_Engine | None, str] | None = None  # how the first start failed
         self._engine: _Engine | None = None
         self._run: _Run | None = None
         self._cond = threading.Condition()
@@ -137,18 +150,25 @@ class EngineSupervisor:
 
         Raises EngineStartFailed with the engine's reason if it cannot load the
         model or is not ready within the start deadline, or if `stop_requested()`
-        turns true meanwhile (a signal). Called on the thread that lives as long
-        as the worker (the engine's parent-death signal is tied to it).
+        turns true meanwhile (a signal). Not on the event loop: the loop reads
+        the engine's answer.
         """
-        engine = self._spawn()
-        ended = self._await_ready(engine, stop_requested)
-        if engine.ready is None:
+        with self._cond:
+            self._stop_requested = stop_requested
+            self._restart_at = time.monotonic()  # the keeper makes the first engine too
+        self._keeper.start()
+        with self._cond:
+            self._cond.wait_for(lambda: self.info is not None or self._first_failure is not None)
+            failure = self._first_failure
+        if failure is not None:
+            engine, ended = failure
             if stop_requested():
                 raise EngineStartFailed("stopped while the engine was starting")
+            if engine is None:
+                raise EngineStartFailed(ended)
             if engine.start_timed_out:
                 raise EngineStartFailed(f"the engine {ended}")
             raise EngineStartFailed(engine.failed or f"the engine {ended} while starting")
-        self._keeper.start()
         self._dispatcher.start()
 
     def notify(self, job: Job | None = None) -> None:
@@ -205,6 +225,9 @@ class EngineSupervisor:
             self.state = "stopped"
         if self._keeper.is_alive():
             self._keeper.join(5.0)
+        if self._own_loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._own_loop.join(5.0)
 
     # -- tokenizing (the engine has the vocabulary) ---------------------------------------
 
@@ -253,7 +276,7 @@ class EngineSupervisor:
         engine = _Engine(self._spawn_process(config, self.board))
         with self._cond:
             self._engine = engine
-        threading.Thread(target=self._read, args=(engine,), name="engine-reader", daemon=True).start()
+        self._loop.call_soon_threadsafe(self._attach, engine)
         return engine
 
     def _await_ready(self, engine: _Engine, stop_requested: Callable[[], bool] = lambda: False) -> str:
@@ -284,36 +307,56 @@ class EngineSupervisor:
             self._cond.wait_for(lambda: engine.gone, 5.0)
         return how or engine.process.how_it_ended()
 
-    def _read(self, engine: _Engine) -> None:
+    # -- the channel, read on the event loop -------------------------------------------
+
+    def _attach(self, engine: _Engine) -> None:
+        """On the loop: read the engine's channel whenever it has something."""
+        self._loop.add_reader(engine.process.channel.fileno(), self._on_readable, engine)
+
+    def _on_readable(self, engine: _Engine) -> None:
+        """On the loop, each time the channel has bytes: every whole frame that came, in
+        order. Tokens go to their job's stream at once, all that came together in one
+        wake-up of it; the end of the channel, or a frame that cannot be read, is the
+        engine's end."""
         channel = engine.process.channel
-        how: str | None = None
+        engine.handling = True
+        failure: Exception | None = None
         try:
-            while True:
-                try:
-                    message = channel.recv()
-                except (EOFError, OSError):
-                    break
-                engine.handling = True
+            frames = channel.read_available()
+            if frames:
                 run = self._run
-                if isinstance(message, tuple):  # a token: the hot path
-                    if run is not None and run.number == message[0]:
-                        job = run.job
-                        job.tokens_out = message[1]
-                        text = message[2]
-                        if not run.events_sent:
-                            job.phase = Phase.DECODE  # the prompt is done
-                        job.emit(events.token(text, run.events_sent))
-                        job.append_text(text)
-                        run.events_sent += 1
-                else:
-                    self._on_message(engine, message)
-                # In hand until the socket is empty, while a raised flag's deadline may look.
-                engine.handling = run is not None and run.job.cancel_flag.raised and channel.pending() > 0
+                for frame in frames:
+                    message = decode(frame)
+                    if isinstance(message, tuple):  # a token: the hot path
+                        if run is not None and run.number == message[0]:
+                            job = run.job
+                            job.tokens_out = message[1]
+                            text = message[2]
+                            if not run.events_sent:
+                                job.phase = Phase.DECODE  # the prompt is done
+                            job.emit(events.token(text, run.events_sent))
+                            job.append_text(text)
+                            run.events_sent += 1
+                    else:
+                        self._on_message(engine, message)
+                        run = self._run
         except Exception as exc:  # a frame that cannot be read, a bug: the channel is lost
-            how = f"lost its channel ({exc!r})"
-            log_event("engine_channel_failed", logging.ERROR, pid=engine.process.pid, error=repr(exc))
+            failure, frames = exc, None
+        finally:
+            engine.handling = False
+        if frames is None:
+            self._loop.remove_reader(channel.fileno())
+            threading.Thread(target=self._lost, args=(engine, failure), name="engine-gone", daemon=True).start()
+
+    def _lost(self, engine: _Engine, failure: Exception | None) -> None:
+        """Off the loop: the channel has ended. Wait for the process to be reaped (killed
+        first if the channel failed while it lives), then count it."""
+        how = None
+        if failure is not None:
+            how = f"lost its channel ({failure!r})"
+            log_event("engine_channel_failed", logging.ERROR, pid=engine.process.pid, error=repr(failure))
             engine.process.kill(failure=True)  # its memory is back before its job hears of it
-        channel.close()
+        engine.process.channel.close()
         self._on_gone(engine, how or engine.process.how_it_ended())
 
     def _on_message(self, engine: _Engine, message: dict[str, Any]) -> None:
@@ -415,25 +458,32 @@ class EngineSupervisor:
             self._end_waiting_jobs()
 
     def _keep(self) -> None:
-        """The keeper: starts each new engine once one is wanted and its pause is over, and
-        holds it to the start deadline. It lives until close(): the engines it started die
-        with it (their parent-death signal), so not before close() has ended them."""
+        """The keeper: starts each engine (the first, then one after each end) once its pause
+        is over, and holds it to the start deadline. It lives until close(): the engines it
+        started die with it (their parent-death signal), so not before close() has ended them."""
         while self._next_start():
             with self._spawning:
                 if self._closing:
                     continue
-                self.restarts += 1
+                if self.info is not None:
+                    self.restarts += 1
                 try:
                     engine = self._spawn()
                 except OSError as exc:
                     log_event("engine_start_failed", logging.ERROR, error=str(exc))
                     with self._cond:
+                        if self.info is None:
+                            self._first_failure = (None, f"the engine process could not be started: {exc}")
                         self.state = "failed"
                         self.reason = f"the engine process could not be started: {exc}"
                         self._cond.notify_all()
                     self._end_waiting_jobs()
                     continue
-            self._await_ready(engine)
+            ended = self._await_ready(engine, self._stop_requested)
+            with self._cond:
+                if engine.ready is None and self.info is None:
+                    self._first_failure = (engine, ended)  # start() reports it; no restart
+                    self._cond.notify_all()
         with self._cond:
             self._cond.wait_for(lambda: self._engine is None or self._engine.gone)
 
@@ -612,3 +662,12 @@ def _cancel(job: Job, reason: CancelReason) -> None:
     """Raise the job's flag; a job still queued ends at once (it never runs)."""
     if job.request_cancel(reason) is Phase.QUEUED:
         job.finish_cancelled_unstarted()
+
+
+def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """An event loop of the supervisor's own, on a thread, for use without an HTTP server."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="engine-channels", daemon=True)
+    thread.start()
+    return loop, thread
+

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,10 +19,9 @@ from starlette.routing import Route
 from worker_orcd.http.accept import (
     Tokenizer,
     accept,
-    cancel_on_disconnect,
     collect_job,
     ensure_accepting,
-    stream_job,
+    stream_response,
 )
 from worker_orcd.http.errors import RequestError
 from worker_orcd.http.openai.chunks import StreamEncoder, completion_body
@@ -45,7 +43,6 @@ from worker_orcd.http.openai.template import (
     special_tokens_of,
     uses_special_tokens,
 )
-from worker_orcd.http.routes import SSE_PING_SEC
 from worker_orcd.http.validation import MAX_PROMPT_CHARS, parse_json_object
 from worker_orcd.worker import Worker
 
@@ -97,18 +94,7 @@ async def _complete(request: Request, kind: str) -> Response:
     headers = {REQUEST_ID_HEADER: job_id}
     if req.stream:
         encoder = StreamEncoder(kind, job_id, created, model, job.prompt_token_count, req.include_usage)
-
-        async def client_gone(message: object) -> None:
-            # Also covers a client that leaves before the stream's first chunk.
-            cancel_on_disconnect(job, worker)
-
-        return EventSourceResponse(
-            stream_job(job, channel, worker, encoder),
-            ping=SSE_PING_SEC,
-            sep="\n",
-            client_close_handler_callable=client_gone,
-            headers=headers,
-        )
+        return stream_response(job, channel, worker, encoder, headers)
 
     events = await collect_job(job, channel, worker, request)
     if events is None:  # the client left: its job was cancelled
