@@ -50,6 +50,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--overhead-tokens", type=int, default=d.overhead_tokens)
     p.add_argument("--cycles", type=int, default=d.cycles, help="execute/cancel cycles for the memory figures")
     p.add_argument("--first-cycles", type=int, default=d.first_cycles)
+    p.add_argument("--neighbour-rounds", type=int, default=d.neighbour_rounds,
+                   help="streaming runs per side beside 0, 1 and 2 busy processes")
+    p.add_argument("--neighbour-tokens", type=int, default=d.neighbour_tokens)
+    p.add_argument("--neighbour-cancels", type=int, default=d.neighbour_cancels,
+                   help="cancels during decode beside 1 busy process")
     p.add_argument("--settle", type=float, default=d.settle_s, help="idle pause before idle samples, seconds")
     p.add_argument("--quiet-limit", type=float, default=d.quiet_limit,
                    help="retake a sample during which other processes used more than this many cores")
@@ -89,6 +94,9 @@ def parse(argv: list[str], prog: str = PROG) -> BenchSettings:
         overhead_tokens=args.overhead_tokens,
         cycles=args.cycles,
         first_cycles=args.first_cycles,
+        neighbour_rounds=args.neighbour_rounds,
+        neighbour_tokens=args.neighbour_tokens,
+        neighbour_cancels=args.neighbour_cancels,
         settle_s=args.settle,
         quiet_limit=None if args.no_quiet_guard else args.quiet_limit,
         quiet_retries=args.quiet_retries,

@@ -21,6 +21,10 @@ def _p50(block: dict[str, Any] | None, key: str) -> float | None:
     return block[key].get("p50")
 
 
+def _cpu(results: dict[str, Any], side: str, key: str) -> float | None:
+    return ((results.get(side) or {}).get("cpu_us_per_token") or {}).get(key)
+
+
 def _rounds(results: dict[str, Any], side: str | None, key: str) -> list[float] | None:
     return (results.get(side) or {}).get(key) if side else None
 
@@ -65,6 +69,10 @@ def comparisons(scenarios: dict[str, Any]) -> dict[str, Any]:
             ),
             "worker_over_peer_paired": paired(
                 _rounds(stream, "worker", "per_round"), _rounds(stream, "peer", "per_round"), truediv
+            ),
+            # All the front's threads against the peer's main thread alone, per streamed token.
+            "worker_process_cpu_over_peer_loop_cpu": ratio(
+                _cpu(stream, "worker", "worker_process_us"), _cpu(stream, "peer", "event_loop_us")
             ),
         }
     ttft = scenarios.get("ttft")

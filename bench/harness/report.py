@@ -120,6 +120,17 @@ def render(report: dict[str, Any]) -> str:
             (f"after {mm['cycles']} cycles", "after_all_cycles"))]
         rows.append(["growth, first → all cycles (%)", mm["rss_growth_pct"], mm["vram_growth_pct"]])
         parts += ["", table(["7 memory (MiB)", "RSS", "VRAM"], rows)]
+    if "neighbours" in s:
+        nb = s["neighbours"]
+        counts = list(nb["counts"])
+        rows = [[f"{side} tokens/s p50", *[_get(nb["counts"][n], side, "tokens_per_s", "p50") for n in counts]]
+                for side in ("worker", "peer")]
+        rows.append(["worker ÷ its idle speed", None, *[_get(nb, "comparisons", n, "worker_over_its_idle") for n in counts[1:]]])
+        rows.append(["peer ÷ its idle speed", None, *[_get(nb, "comparisons", n, "peer_over_its_idle") for n in counts[1:]]])
+        rows.append(["worker ÷ peer", None, *[_get(nb, "comparisons", n, "worker_over_peer") for n in counts[1:]]])
+        rows.append(["worker decode threads in use", *[_get(nb["counts"][n], "worker_threads", "current") for n in counts]])
+        rows.append(["cancel during decode, client ms p99", *[_get(nb["counts"][n], "cancel_decode", "client_ms", "p99") for n in counts]])
+        parts += ["", table(["8 beside busy processes", *[f"{n} busy" for n in counts]], rows)]
     conditions = report.get("conditions") or {}
     if conditions:
         parts += ["", table(["conditions", "seconds", "load before → after", "retaken", "kept disturbed", "max foreign cores"], [

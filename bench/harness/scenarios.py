@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from bench.harness import cancel, memory, overhead, prompts, throughput
+from bench.harness import cancel, memory, neighbour, overhead, prompts, throughput
 from bench.harness.cpu import CpuProbe
 from bench.harness.quiet import QuietGuard
 from bench.harness.rig import Rig
@@ -146,4 +146,5 @@ RUNNERS: dict[str, tuple[str, Callable[[Rig, QuietGuard | None, Progress], dict[
     "cancel-prompt": ("cancel_prompt", cancel_prompt, True),
     "overhead": ("overhead", check_overhead, True),
     "memory": ("memory", resident_memory, False),  # counts bytes, not time
+    "neighbours": ("neighbours", lambda rig, guard, progress: neighbour.beside_neighbours(rig, progress), False),
 }

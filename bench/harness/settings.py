@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SCENARIOS = ("stream", "ttft", "cancel-decode", "cancel-prompt", "overhead", "memory")
+SCENARIOS = ("stream", "ttft", "cancel-decode", "cancel-prompt", "overhead", "memory", "neighbours")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class BenchSettings:
     overhead_tokens: int = 256
     cycles: int = 500
     first_cycles: int = 10
+    neighbour_rounds: int = 4  # streaming runs per side beside 0, 1 and 2 busy processes
+    neighbour_tokens: int = 64
+    neighbour_cancels: int = 20  # cancels during decode beside 1 busy process
     settle_s: float = 0.2
     quiet_limit: float | None = 0.15  # None: keep every sample, disturbed or not
     quiet_retries: int = 3
@@ -55,6 +58,9 @@ QUICK = dict(
     overhead_tokens=24,
     cycles=12,
     first_cycles=2,
+    neighbour_rounds=1,
+    neighbour_tokens=12,
+    neighbour_cancels=2,
     settle_s=0.05,
     quiet_limit=None,
 )

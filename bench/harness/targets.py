@@ -45,15 +45,17 @@ def _s(report: dict[str, Any]) -> dict[str, Any]:
 
 
 TARGETS = (
-    Target("stream_vs_bare", "streaming tokens/s ÷ best bare loop (paired)", 0.97, False, "×",
+    Target("stream_vs_bare", "streaming tokens/s ÷ best bare loop (paired)", 0.95, False, "×",
            lambda r: _c(r)["stream"]["worker_over_best_bare_paired"]),
-    Target("stream_vs_peer", "streaming tokens/s ÷ llama-cpp-python server (paired)", 2.0, False, "×",
+    Target("stream_vs_peer", "streaming tokens/s ÷ llama-cpp-python server (paired)", 1.1, False, "×",
            lambda r: _c(r)["stream"]["worker_over_peer_paired"]),
+    Target("front_cpu_vs_peer", "front CPU per token (all threads) ÷ peer's main-thread CPU per token", 0.5, True, "×",
+           lambda r: _c(r)["stream"]["worker_process_cpu_over_peer_loop_cpu"]),
     Target("ttft_vs_bare", "idle time to first token − best bare loop (paired p50)", 3.0, True, "ms",
            lambda r: _c(r)["ttft"]["worker_minus_best_bare_ms_paired"]),
     Target("cancel_decode_client_p99", "cancel during decode, client-observed p99", 10.0, True, "ms",
            lambda r: _s(r)["cancel_decode"]["worker"]["client_ms"]["p99"]),
-    Target("cancel_decode_stop_p99", "cancel during decode, stop_ms p99", 2.0, True, "ms",
+    Target("cancel_decode_stop_p99", "cancel during decode, stop_ms p99", 3.0, True, "ms",
            lambda r: _s(r)["cancel_decode"]["worker"]["stop_ms"]["p99"]),
     Target("cancel_prompt_client_p99", "cancel during a long prompt, client-observed p99", 20.0, True, "ms",
            lambda r: _s(r)["cancel_prompt"]["worker"]["client_ms"]["p99"]),
@@ -67,6 +69,14 @@ TARGETS = (
            lambda r: abs(_s(r)["memory"]["rss_growth_pct"])),
     Target("memory_cycles_vram", "VRAM after all cycles vs after the first ones", 2.0, True, "%",
            lambda r: abs(_s(r)["memory"]["vram_growth_pct"])),
+    Target("neighbour_1_vs_idle", "beside 1 busy process: streaming ÷ the worker's own idle speed", 0.4, False, "×",
+           lambda r: _s(r)["neighbours"]["comparisons"]["1"]["worker_over_its_idle"]),
+    Target("neighbour_1_vs_peer", "beside 1 busy process: streaming ÷ llama-cpp-python server", 1.0, False, "×",
+           lambda r: _s(r)["neighbours"]["comparisons"]["1"]["worker_over_peer"]),
+    Target("neighbour_1_cancel_p99", "beside 1 busy process: cancel during decode, client p99", 100.0, True, "ms",
+           lambda r: _s(r)["neighbours"]["counts"]["1"]["cancel_decode"]["client_ms"]["p99"]),
+    Target("neighbour_2_vs_idle", "beside 2 busy processes: streaming ÷ the worker's own idle speed", 0.2, False, "×",
+           lambda r: _s(r)["neighbours"]["comparisons"]["2"]["worker_over_its_idle"]),
 )
 
 

@@ -479,3 +479,57 @@ def test_ledgers_named_after_a_port_are_adopted(tmp_path):
     again = Ledger(tmp_path / "jobs.sqlite3")  # nothing left to adopt at the next start
     assert again.adopted == 0 and again.get("acme", "done")["state"] == "completed"
     again.close()
+
+
+class _WriterSpy:
+    """The writer's connection, recording each committed batch of rows."""
+
+    def __init__(self, conn: sqlite3.Connection, batches: list[list[tuple]]) -> None:
+        self._conn, self._batches = conn, batches
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        self._batches.append(rows)
+        return self._conn.executemany(sql, rows)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+@pytest.fixture
+def committed_batches(path, monkeypatch):
+    batches: list[list[tuple]] = []
+    connect = Ledger._connect
+    monkeypatch.setattr(Ledger, "_connect", lambda self: _WriterSpy(connect(self), batches))
+    led = Ledger(path)
+    yield led, batches
+    led.close()
+
+
+def test_a_running_jobs_cancel_request_is_committed_with_its_end(committed_batches, monkeypatch):
+    """WO-LEDGER-1: the commit of a cancel's row waits for the job's end (which comes as the
+    engine stops), so it never takes a core from the engine while it stops."""
+    monkeypatch.setattr(ledger_module, "CANCEL_ROW_WAIT_SEC", 5.0)
+    ledger, batches = committed_batches
+    job = new_job("stops")
+    job.on_change = ledger.record
+    job.start()
+    assert ledger.flush()
+    before = len(batches)
+    job.request_cancel(CancelReason.CLIENT)
+    cancel_running(job)
+    assert ledger.flush()
+    [batch] = batches[before:]
+    assert [row[2] for row in batch] == ["running", "cancelled"]
+    assert ledger.get("", "stops")["cancel_requested_at"] == job.cancel_requested_at
+
+
+def test_a_cancel_request_without_its_end_is_still_committed(committed_batches):
+    ledger, batches = committed_batches
+    job = new_job("hangs")
+    job.on_change = ledger.record
+    job.start()
+    job.request_cancel(CancelReason.CLIENT)
+    assert ledger.flush()  # within CANCEL_ROW_WAIT_SEC of the request
+    row = ledger.get("", "hangs")
+    assert row["state"] == "running" and row["cancel_requested_at"] == job.cancel_requested_at

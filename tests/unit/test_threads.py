@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker_orcd.engine.threads import (
+    Threads,
     LAST_TRIAL_SEC,
     TRIAL_STEPS,
     ThreadGovernor,
@@ -86,3 +87,12 @@ def test_health_says_what_was_chosen_and_measured():
     assert h["mode"] == "auto" and h["candidates"] == [2, 1] and h["current"] in (1, 2)
     assert set(h["step_ms"]) == {"1", "2"} and abs(h["step_ms"]["2"] - 10.0) < 0.5
     assert h["switches"] >= 2
+
+
+def test_prompt_chunks_are_trialled_one_at_a_time():
+    """A short prompt is a single chunk: each trial step is a whole job's first token."""
+    clock = Clock()
+    governor = Threads.choose(2, fixed=False, clock=clock).batch
+    used = run(governor, clock, lambda n: 0.075 if n == 2 else 0.130, 400)  # ~30 s of prompts
+    assert governor.current == 2
+    assert used.count(1) <= 6, used.count(1)  # trials after 1, 2, 4, 8 and 16 s

@@ -25,7 +25,8 @@ from typing import Callable
 SMOOTHING = 0.2  # weight of a new sample in a count's smoothed step time
 COLLAPSE = 4.0  # a step this many times the best known count's time: leave at once
 DRIFT = 1.5  # a smoothed time this many times another count's: move to that one
-TRIAL_STEPS = 6  # steps a trial of another count lasts
+TRIAL_STEPS = 6  # single-token decodes a trial of another count lasts
+BATCH_TRIAL_STEPS = 1  # prompt chunks: a short prompt is one chunk, the whole of a job's first token
 FIRST_TRIAL_SEC = 1.0  # the first trial after a change; doubled each time a trial confirms
 LAST_TRIAL_SEC = 30.0
 
@@ -39,6 +40,8 @@ def candidates(most: int) -> tuple[int, ...]:
 class ThreadGovernor:
     most: int
     fixed: bool = False
+    trial_steps: int = TRIAL_STEPS
+    skip_first: bool = True  # whether a step right after a switch is left out of the times
     current: int = 0
     smoothed: dict[int, float] = field(default_factory=dict)  # seconds per step (per token for prompts)
     switches: int = 0
@@ -97,7 +100,7 @@ class ThreadGovernor:
         if n != self.current:
             self.current = n
             self.switches += 1
-            self._skip = True
+            self._skip = self.skip_first
         return n
 
     def _leave(self, n: int) -> int:
@@ -119,7 +122,7 @@ class ThreadGovernor:
         untried = [n for n in others if n not in self.smoothed]
         pick = untried[0] if untried else min(others, key=lambda n: abs(n - self.current))
         self._trial_from = self.current
-        self._trial_left = TRIAL_STEPS
+        self._trial_left = self.trial_steps
         self.smoothed.pop(pick, None)  # measured afresh: the machine may have changed since
         return self._switch(pick)
 
@@ -145,8 +148,10 @@ class Threads:
     batch: ThreadGovernor
 
     @classmethod
-    def choose(cls, most: int, *, fixed: bool) -> "Threads":
-        return cls(ThreadGovernor(most, fixed=fixed), ThreadGovernor(most, fixed=fixed))
+    def choose(cls, most: int, *, fixed: bool, clock: Callable[[], float] = time.monotonic) -> "Threads":
+        # A chunk is long enough that a switch's cost is lost in it, and too long to trial many.
+        batch = ThreadGovernor(most, fixed=fixed, trial_steps=BATCH_TRIAL_STEPS, skip_first=False, clock=clock)
+        return cls(ThreadGovernor(most, fixed=fixed, clock=clock), batch)
 
     def health(self) -> dict:
         return {"decode": self.decode.health(), "batch": self.batch.health()}

@@ -3,7 +3,10 @@
 A row is written at each state change (queued, running, cancel requested,
 terminal). The thread that changes a job only snapshots it into a queue; one
 writer thread commits the snapshots in order, in batches, so no thread on a
-job's path (event loop, dispatcher, channel reader) waits for the disk. WAL mode with
+job's path (event loop, dispatcher) waits for the disk. A running job's cancel
+request is committed with the job's end when that comes within
+CANCEL_ROW_WAIT_SEC (as it does when the engine stops promptly): the commit then
+never competes for a core with the engine threads that are stopping for it. WAL mode with
 synchronous=NORMAL survives a killed process (not a power cut) and lets readers
 run beside the writer.
 
@@ -18,6 +21,7 @@ import queue
 import sqlite3
 import threading
 from pathlib import Path
+import time
 from typing import Any
 
 from worker_orcd.errors import ErrorCode
@@ -25,6 +29,8 @@ from worker_orcd.jobs.job import Job, now_iso
 from worker_orcd.log import log_event
 
 TEXT_CAP_BYTES = 64 * 1024
+# A running job's cancel request waits this long for the job's end, to be committed with it.
+CANCEL_ROW_WAIT_SEC = 0.05
 PRUNE_EVERY = 100  # writes between retention passes
 RESTARTED_MESSAGE = "the worker restarted before this job ended; resubmit it"
 
@@ -50,6 +56,7 @@ _COLUMNS = (
     "text",
     "text_truncated",
 )
+_STATE, _CANCEL_REQUESTED = _COLUMNS.index("state"), _COLUMNS.index("cancel_requested_at")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -183,6 +190,23 @@ class Ledger:
         self._thread = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._thread.start()
 
+    def _with_ends(self, batch: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+        """Wait for the ends of the jobs whose cancel request is in `batch`, appending what
+        comes meanwhile; returns None if the ledger is closing."""
+        waiting = {row[:2] for row in batch if row[_STATE] == "running" and row[_CANCEL_REQUESTED] is not None}
+        deadline = time.monotonic() + CANCEL_ROW_WAIT_SEC
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            try:
+                row = self._writes.get(timeout=left)
+            except queue.Empty:
+                break
+            if row is None:
+                return None
+            batch.append(row)
+            if row[_STATE] not in ("queued", "running"):
+                waiting.discard(row[:2])
+        return batch[-1]
+
     # -- writing ---------------------------------------------------------------------------
 
     def record(self, job: Job) -> None:
@@ -303,6 +327,8 @@ class Ledger:
                     row = self._writes.get_nowait()
                 except queue.Empty:
                     break
+            if row is not None:
+                row = self._with_ends(batch)
             if batch:
                 try:
                     conn.execute("BEGIN")
