@@ -7,6 +7,9 @@ limits, body limit, bearer auth; then the routes.
 
 from __future__ import annotations
 
+import contextlib
+from typing import AsyncIterator
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -25,9 +28,16 @@ from worker_orcd.http.sse import RAW_SEND
 from worker_orcd.worker import Worker
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    app.state.offload.close()
+
+
 def create_app(worker: Worker) -> ASGIApp:
     config = worker.config
     app = Starlette(
+        lifespan=_lifespan,
         routes=[*ROUTES, *CONSOLE_ROUTES, *OPENAI_ROUTES],
         middleware=[
             Middleware(CorrelationIdMiddleware),

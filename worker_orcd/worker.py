@@ -79,6 +79,15 @@ class Worker:
         tokens = self.engine.tokenize(texts)
         return tokens[0], [len(t) for t in tokens[1:]]
 
+    async def tokenize_on_loop(
+        self, prompt: str, stops: tuple[str, ...], on_thread: Callable[..., Any]
+    ) -> tuple[list[int], list[int]]:
+        """`tokenize` from the event loop, with no thread while the engine is ready;
+        `on_thread` runs a blocking call (a restarting engine is waited for there)."""
+        texts = [(prompt, True), *((s, False) for s in stops)]
+        tokens = await self.engine.tokenize_on_loop(texts, on_thread)
+        return tokens[0], [len(t) for t in tokens[1:]]
+
     def submit(self, job: Job) -> None:
         self.manager.submit(job)
 

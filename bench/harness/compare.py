@@ -70,6 +70,9 @@ def comparisons(scenarios: dict[str, Any]) -> dict[str, Any]:
             "worker_over_peer_paired": paired(
                 _rounds(stream, "worker", "per_round"), _rounds(stream, "peer", "per_round"), truediv
             ),
+            "worker_over_llama_server_paired": paired(
+                _rounds(stream, "worker", "per_round"), _rounds(stream, "llama-server", "per_round"), truediv
+            ),
             # All the front's threads against the peer's main thread alone, per streamed token.
             "worker_process_cpu_over_peer_loop_cpu": ratio(
                 _cpu(stream, "worker", "worker_process_us"), _cpu(stream, "peer", "event_loop_us")

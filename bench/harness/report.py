@@ -75,6 +75,9 @@ def render(report: dict[str, Any]) -> str:
             cs = c["stream"]
             ratios.append(["tokens/s worker ÷ " + str(cs["best_bare"]), cs["worker_over_best_bare"], cs["worker_over_best_bare_paired"]])
             ratios.append(["tokens/s worker ÷ peer", cs["worker_over_peer"], cs["worker_over_peer_paired"]])
+            if cs.get("worker_over_llama_server_paired") is not None:
+                ratios.append(["tokens/s worker ÷ llama-server", None, cs["worker_over_llama_server_paired"]])
+            ratios.append(["front CPU/token (all threads) ÷ peer main thread", cs.get("worker_process_cpu_over_peer_loop_cpu"), None])
         if "ttft" in c:
             ct = c["ttft"]
             ratios.append(["TTFT worker − " + str(ct["best_bare"]) + " (ms)", ct["worker_minus_best_bare_ms"], ct["worker_minus_best_bare_ms_paired"]])

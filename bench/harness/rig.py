@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from bench.harness import extra_buffers
 from bench.harness.bare import BareLoop
+from bench.harness.llama_server import llama_server
 from bench.harness.peer_client import PeerClient
 from bench.harness.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
 from bench.harness.quiet import QuietGuard
@@ -21,7 +22,8 @@ from worker_orcd.config import default_model_path
 
 # Scenarios that compare the worker with each baseline.
 NEEDS_BARE = {"stream", "ttft"}
-NEEDS_PEER = {"stream", "ttft", "cancel-decode", "cancel-prompt"}
+NEEDS_PEER = {"stream", "ttft", "cancel-decode", "cancel-prompt", "neighbours"}
+NEEDS_LLAMA_SERVER = {"stream"}
 
 
 class Rig:
@@ -38,6 +40,8 @@ class Rig:
         self.bare: BareLoop | None = None
         self.peer: PeerClient | None = None
         self.peer_pid: int | None = None
+        self.llama_server: PeerClient | None = None  # llama.cpp's own server, for scale
+        self.llama_server_pid: int | None = None
         self._stack = ExitStack()
         try:
             self._start(progress)
@@ -86,6 +90,17 @@ class Rig:
             )
             stack.callback(self.bare.close)
             self.bare.warm_up(self.bare_threads)
+        if s.llama_server is not None and needs & NEEDS_LLAMA_SERVER:
+            progress("starting llama.cpp's server")
+            server = llama_server(
+                s.llama_server, self.model, threads=w.threads, n_ctx=w.n_ctx, n_batch=w.prefill_chunk,
+                extra_buffers=extra_on, scratch=scratch,
+            ).start()
+            stack.callback(server.stop)
+            self.llama_server_pid = server.pid
+            self.llama_server = PeerClient(server.url)
+            stack.callback(self.llama_server.close)
+            self.llama_server.warm_up()
         if s.peer and needs & NEEDS_PEER:
             if peer_available():
                 progress("starting llama-cpp-python's server")
@@ -123,6 +138,8 @@ class Rig:
             sides += [bare_side(self.bare, t) for t in self.bare_threads]
         if self.peer is not None:
             sides.append(client_side("peer", self.peer))
+        if self.llama_server is not None:
+            sides.append(client_side("llama-server", self.llama_server))
         return sides
 
     def guard(self) -> QuietGuard | None:
@@ -140,7 +157,7 @@ class Rig:
     def _own_pids(self) -> list[int]:
         """This process, the worker and the peer, each with its children (the worker's engine
         may run in one): CPU time they use is the benchmark's, not other people's load."""
-        roots = [p for p in (os.getpid(), self.pid, self.peer_pid) if p is not None]
+        roots = [p for p in (os.getpid(), self.pid, self.peer_pid, self.llama_server_pid) if p is not None]
         return roots + [c for p in roots for c in descendants(p)]  # the guard drops repeats
 
     def close(self) -> None:

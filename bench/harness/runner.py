@@ -10,6 +10,7 @@ from bench.harness import machine, prompts
 from bench.harness.compare import comparisons
 from bench.harness.rig import Rig
 from bench.harness.scenarios import RUNNERS
+from bench.harness.llama_server import describe
 from bench.harness.settings import SCENARIOS, BenchSettings
 from bench.harness.targets import check
 
@@ -80,4 +81,5 @@ def _settings_view(rig: Rig) -> dict[str, Any]:
     view["worker"] = asdict(rig.worker)
     view["worker_started_here"] = s.url is None
     view["bare_threads"] = list(rig.bare_threads)
+    view["llama_server"] = describe(s.llama_server) if s.llama_server is not None else None
     return view

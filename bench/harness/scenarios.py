@@ -25,7 +25,7 @@ def stream(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, 
         max_tokens=s.max_tokens,
         prompt=prompts.story,
         settle_s=s.settle_s,
-        cpu={"worker": CpuProbe(rig.pid), "peer": CpuProbe(rig.peer_pid)},
+        cpu={"worker": CpuProbe(rig.pid), "peer": CpuProbe(rig.peer_pid), "llama-server": CpuProbe(rig.llama_server_pid)},
         guard=guard,
         progress=progress,
     )

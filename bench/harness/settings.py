@@ -19,6 +19,7 @@ class BenchSettings:
     api_token: str | None = None
     scenarios: tuple[str, ...] = SCENARIOS
     peer: bool = True
+    llama_server: Path | None = None  # llama.cpp's llama-server binary: a side for scale
     bare_threads: tuple[int, ...] = ()  # (): 1 and the worker's thread count
     rounds: int = 10  # streaming runs per side
     max_tokens: int = 256

@@ -98,6 +98,7 @@ class FakeEngine:
     board: CancelBoard
     script: Script
     ready: bool = True
+    dies_on_tokenize: bool = False  # ends, as if killed, on its first tokenize request
     spawned_by: threading.Thread = field(default_factory=threading.current_thread)
     got_exit: threading.Event = field(default_factory=threading.Event)
     runs: list[dict] = field(default_factory=list)
@@ -133,6 +134,9 @@ class FakeEngine:
             if self.proc.ended:
                 return
             kind = message["kind"]
+            if kind == "tokenize" and self.dies_on_tokenize:
+                self.proc.end(-9)
+                return
             if kind == "tokenize":
                 tokens = [[1] * max(1, len(text) // 4) for text, _ in message["texts"]]
                 self.channel.send({"kind": "tokens", "request": message["request"], "tokens": tokens})
@@ -178,9 +182,15 @@ def complete(engine: FakeEngine, message: dict) -> None:
 class FakeEngines:
     """The supervisor's `spawn`: makes the next fake engine; `scripts[i]` is the i-th's."""
 
-    def __init__(self, *scripts: Script, ready: Callable[[int], bool] = lambda i: True) -> None:
+    def __init__(
+        self,
+        *scripts: Script,
+        ready: Callable[[int], bool] = lambda i: True,
+        dies_on_tokenize: Callable[[int], bool] = lambda i: False,
+    ) -> None:
         self.scripts = list(scripts)
         self.ready = ready
+        self.dies_on_tokenize = dies_on_tokenize
         self.engines: list[FakeEngine] = []
         self.hold = threading.Event()  # cleared: the next spawn waits until it is set
         self.hold.set()
@@ -196,7 +206,7 @@ class FakeEngines:
         engine_fd = engine_end.detach()
         proc = FakeProc(engine_fd)
         script = self.scripts[number] if number < len(self.scripts) else complete
-        engine = FakeEngine(number, proc, Channel(engine_fd), board, script, ready=self.ready(number))
+        engine = FakeEngine(number, proc, Channel(engine_fd), board, script, ready=self.ready(number), dies_on_tokenize=self.dies_on_tokenize(number))
         with self._cond:
             self.engines.append(engine)
             self._cond.notify_all()

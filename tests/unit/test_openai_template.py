@@ -104,7 +104,7 @@ def test_bos_and_eos_as_the_engine_reports_them():
 class StandInWorker:
     accepting = True
 
-    def __init__(self, template: str | None, tokens: list[int] | None = None) -> None:
+    def __init__(self, template: str | None) -> None:
         self.model = {
             "name": MODEL,
             "chat_template": template,
@@ -115,12 +115,6 @@ class StandInWorker:
         }
         self.config = SimpleNamespace(model_path=GGUF)
         self.metrics = SimpleNamespace(rejected=lambda: None)
-        self.tokens = tokens or [7]
-        self.prompts: list[str] = []
-
-    def tokenize(self, prompt: str, stops: tuple[str, ...]) -> tuple[list[int], list[int]]:
-        self.prompts.append(prompt)
-        return list(self.tokens), [1 for _ in stops]
 
 
 def _request(body: dict) -> Request:
@@ -158,21 +152,20 @@ def test_a_template_error_is_400():
 
 def test_chat_prompt_is_the_rendered_template():
     worker = StandInWorker(SMOLLM2)
-    req, job_id, prompt, tokenize = asyncio.run(
+    req, job_id, prompt, adjust = asyncio.run(
         _prepare(_request({"model": MODEL, "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]}), worker, "chat")
     )
     assert prompt == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
-    assert tokenize is None  # plain tokenization, as /execute's
+    assert adjust is None  # plain tokenization, as /execute's
     assert job_id.startswith("chatcmpl-")
 
 
 def test_a_bos_written_by_the_template_is_not_doubled():
     """As llama.cpp: when the template writes the BOS and the model adds its own, one stays."""
-    worker = StandInWorker("{{ bos_token }}{{ messages[0]['content'] }}", tokens=[1, 1, 9])
-    _, _, prompt, tokenize = asyncio.run(
+    worker = StandInWorker("{{ bos_token }}{{ messages[0]['content'] }}")
+    _, _, prompt, adjust = asyncio.run(
         _prepare(_request({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}), worker, "chat")
     )
     assert prompt == "<|im_start|>Hi"
-    assert tokenize() == ([1, 9], [])
-    worker.tokens = [1, 9]  # a model that adds none: the template's BOS stays
-    assert tokenize() == ([1, 9], [])
+    assert adjust([1, 1, 9]) == [1, 9]
+    assert adjust([1, 9]) == [1, 9]  # a model that adds none: the template's BOS stays

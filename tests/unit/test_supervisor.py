@@ -7,6 +7,7 @@ close while an engine is being made, a frame the front cannot read.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -270,6 +271,39 @@ def test_stop_jobs_cancels_a_job_taken_from_the_queue_before_it_closed(start_sup
     assert ended(job).state is JobState.FAILED and code_of(job) == "WORKER_SHUTDOWN"
     assert not any(e.runs for e in engines.engines)  # it never ran
     assert sup.join(5)
+
+
+TEXTS = [("Once upon a time", True), ("stop", False)]
+TOKENS = [[1, 1, 1, 1], [1]]  # what the fake engine answers for TEXTS
+
+
+def tokenize_on_loop(sup: EngineSupervisor) -> tuple[list[list[int]], list]:
+    """`tokenize_on_loop` called on the loop that reads the channels (the supervisor's own
+    here; the HTTP server's in the worker), with an `on_thread` that records its calls."""
+    asked: list = []
+
+    async def on_thread(fn, *args):
+        asked.append(fn)
+        return await asyncio.to_thread(fn, *args)
+
+    future = asyncio.run_coroutine_threadsafe(sup.tokenize_on_loop(TEXTS, on_thread), sup._loop)
+    return future.result(10), asked
+
+
+def test_tokenizing_on_the_loop_takes_no_thread_while_the_engine_is_ready(start_supervisor):
+    sup = start_supervisor(FakeEngines())
+    tokens, asked = tokenize_on_loop(sup)
+    assert tokens == TOKENS and asked == []
+    assert not sup._requests  # nothing left behind
+
+
+def test_tokenizing_on_the_loop_asks_the_next_engine_when_this_one_dies(start_supervisor):
+    engines = FakeEngines(dies_on_tokenize=lambda i: i == 0)
+    sup = start_supervisor(engines)
+    tokens, asked = tokenize_on_loop(sup)
+    assert tokens == TOKENS
+    assert asked == [sup.tokenize]  # the wait for the successor is a thread's
+    assert len(engines.engines) == 2 and not sup._requests
 
 
 def test_engine_process_start_closes_its_socket_when_popen_fails(monkeypatch, tmp_path):

@@ -30,8 +30,8 @@ from worker_orcd.worker import Worker
 
 RETRY_AFTER_SEC = "1"
 
-Tokenizer = Callable[[], tuple[list[int], list[int]]]
-"""Runs on a thread: the prompt's tokens and each stop string's length in tokens."""
+TokenAdjust = Callable[[list[int]], list[int]]
+"""What a route does to its prompt's tokens (the chat route drops a BOS doubled by its template)."""
 
 
 def tenant_of(request: Request) -> str:
@@ -49,30 +49,36 @@ async def accept(
     worker: Worker,
     req: ExecuteRequest,
     *,
-    tokenize: Tokenizer | None = None,
+    adjust: TokenAdjust | None = None,
     log_fields: dict[str, Any] | None = None,
 ) -> tuple[Job, EventChannel]:
     """Tokenize and queue a validated request; raises RequestError with nothing queued.
 
-    `tokenize` replaces the plain tokenization of `req.prompt` (the chat route
-    uses it to drop a BOS its template wrote when the model adds one too).
+    `adjust` changes the prompt's tokens before their limits are checked.
     """
     ensure_accepting(worker)
     tenant = tenant_of(request)
     offload = offload_of(request)
-    if worker.find(tenant, req.job_id) is not None or await offload.ledger_call(
-        worker.ledger.exists, tenant, req.job_id
-    ):
+    if worker.find(tenant, req.job_id) is not None:
         raise job_exists(req.job_id)
-    # The engine process has the vocabulary: a round trip, waited for on a thread.
+    # The ledger's look-up (on a thread) and the engine's tokenizing (a round trip to the
+    # engine process, which has the vocabulary) overlap: both stand before the first token.
+    in_ledger = asyncio.ensure_future(offload.ledger_call(worker.ledger.exists, tenant, req.job_id))
     try:
-        prompt_tokens, stop_tokens = await offload.engine_call(
-            tokenize or (lambda: worker.tokenize(req.prompt, req.stop))
-        )
+        prompt_tokens, stop_tokens = await worker.tokenize_on_loop(req.prompt, req.stop, offload.engine_call)
     except EngineUnavailable as exc:
+        if await in_ledger:
+            raise job_exists(req.job_id) from None
         raise RequestError(
             ErrorCode.ENGINE_UNAVAILABLE, f"the engine cannot take jobs: {exc}", headers={"Retry-After": RETRY_AFTER_SEC}
         ) from None
+    except BaseException:
+        in_ledger.cancel()
+        raise
+    if await in_ledger:
+        raise job_exists(req.job_id)
+    if adjust is not None:
+        prompt_tokens = adjust(prompt_tokens)
     model = worker.model
     max_tokens = check_token_limits(
         req,

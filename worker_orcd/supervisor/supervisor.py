@@ -101,6 +101,7 @@ class _Request:
     engine: _Engine
     done: threading.Event = field(default_factory=threading.Event)
     tokens: list[list[int]] | None = None
+    answered: asyncio.Future[None] | None = None  # when its caller waits on the channels' loop
 
 
 class EngineSupervisor:
@@ -252,13 +253,50 @@ class EngineSupervisor:
                 break
         raise EngineUnavailable("the engine did not answer in time")
 
+    async def tokenize_on_loop(
+        self, texts: list[tuple[str, bool]], on_thread: Callable[..., Any], timeout: float = 30.0
+    ) -> list[list[int]]:
+        """`tokenize` for a caller on the channels' loop: while an engine is ready the
+        request is sent and its answer read there, with no thread between; otherwise
+        (restarting, the engine went meanwhile) `tokenize` runs through `on_thread`."""
+        if self._loop is asyncio.get_running_loop():
+            with self._cond:
+                engine = self._serving_engine()
+                if engine is not None:
+                    number = next(self._request_numbers)
+                    request = self._requests[number] = _Request(engine, answered=self._loop.create_future())
+            if engine is not None:
+                try:
+                    engine.process.channel.send({"kind": "tokenize", "request": number, "texts": texts})
+                except OSError:
+                    pass  # it is going: its end answers the request
+                try:
+                    await asyncio.wait_for(request.answered, timeout)
+                except TimeoutError:
+                    pass
+                finally:
+                    with self._cond:
+                        self._requests.pop(number, None)
+                if request.tokens is not None:
+                    return request.tokens
+                if not engine.gone:
+                    raise EngineUnavailable("the engine did not answer in time")
+        return await on_thread(self.tokenize, texts, timeout)
+
+    def _serving_engine(self) -> _Engine | None:
+        """Under the lock: the current engine if it is ready now."""
+        engine = self._engine
+        if self._closing or self.state == "failed" or engine is None or engine.ready is None or engine.gone:
+            return None
+        return engine
+
     def _ready_engine(self, deadline: float) -> _Engine:
         """Under the lock: the current engine once it is ready."""
         while True:
             if self._closing or self.state == "failed":
                 raise EngineUnavailable(self.reason or "the worker is shutting down")
-            engine = self._engine
-            if engine is not None and engine.ready is not None and not engine.gone:
+            engine = self._serving_engine()
+            if engine is not None:
                 return engine
             left = deadline - time.monotonic()
             if left <= 0:
@@ -383,6 +421,7 @@ class EngineSupervisor:
                 if request is not None:
                     request.tokens = message["tokens"]
                     request.done.set()
+                    _wake(request.answered)  # this is the loop
             elif kind in ("stopped", "done"):
                 run = self._run
                 if run is not None and run.number == message["run"]:
@@ -415,6 +454,11 @@ class EngineSupervisor:
             engine.gone_at = time.perf_counter()
             for request in [r for r in self._requests.values() if r.engine is engine]:
                 request.done.set()  # no tokens: the caller asks the next engine
+                if request.answered is not None:
+                    try:
+                        self._loop.call_soon_threadsafe(_wake, request.answered)
+                    except RuntimeError:  # the loop is closed: nobody waits any more
+                        pass
             if self._closing or engine is not self._engine or self.info is None:
                 # Closing, an engine already replaced, or the first start (start() reports it).
                 self._cond.notify_all()
@@ -662,6 +706,11 @@ def _cancel(job: Job, reason: CancelReason) -> None:
     """Raise the job's flag; a job still queued ends at once (it never runs)."""
     if job.request_cancel(reason) is Phase.QUEUED:
         job.finish_cancelled_unstarted()
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def _loop_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:

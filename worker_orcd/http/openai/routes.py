@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from worker_orcd.http.accept import (
-    Tokenizer,
+    TokenAdjust,
     accept,
     collect_job,
     ensure_accepting,
@@ -25,7 +25,12 @@ from worker_orcd.http.accept import (
 )
 from worker_orcd.http.errors import RequestError
 from worker_orcd.http.openai.chunks import StreamEncoder, completion_body
-from worker_orcd.http.openai.errors import NO_RETRY, OpenAIError, from_request_error, invalid
+from worker_orcd.http.openai.errors import (
+    NO_RETRY,
+    OpenAIError,
+    from_request_error,
+    invalid,
+)
 from worker_orcd.http.openai.params import (
     CHAT,
     COMPLETION,
@@ -75,12 +80,12 @@ def _model_card(worker: Worker) -> dict[str, Any]:
 async def _complete(request: Request, kind: str) -> Response:
     worker: Worker = request.app.state.worker
     try:
-        req, job_id, prompt, tokenize = await _prepare(request, worker, kind)
+        req, job_id, prompt, adjust = await _prepare(request, worker, kind)
         log_fields: dict[str, Any] = {"api": f"openai.{kind}"}
         if req.user is not None:
             log_fields["user"] = req.user
         job, channel = await accept(
-            request, worker, req.to_execute(job_id, prompt), tokenize=tokenize, log_fields=log_fields
+            request, worker, req.to_execute(job_id, prompt), adjust=adjust, log_fields=log_fields
         )
     except RequestError as exc:
         worker.metrics.rejected()
@@ -105,8 +110,8 @@ async def _complete(request: Request, kind: str) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIRequest, str, str, Tokenizer | None]:
-    """Validate the request; the job id, the prompt and, for chat, its tokenizer."""
+async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIRequest, str, str, TokenAdjust | None]:
+    """Validate the request; the job id, the prompt and, for chat, what its tokens need."""
     ensure_accepting(worker)
     try:
         body = parse_json_object(await request.body())
@@ -146,12 +151,11 @@ async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIR
         return req, job_id, prompt, None
     bos_id = special.bos_id
 
-    def tokenize() -> tuple[list[int], list[int]]:
+    def one_bos(tokens: list[int]) -> list[int]:
         # The template wrote the BOS and the model adds its own: keep one, as llama.cpp does.
-        tokens, stops = worker.tokenize(prompt, req.stop)
-        return (tokens[1:] if tokens[:2] == [bos_id, bos_id] else tokens), stops
+        return tokens[1:] if tokens[:2] == [bos_id, bos_id] else tokens
 
-    return req, job_id, prompt, tokenize
+    return req, job_id, prompt, one_bos
 
 
 OPENAI_ROUTES = [
