@@ -229,6 +229,8 @@ class _DiscardChannel:
 class _NoSpares:
     """The context pool as `_generate` sees it; this benchmark makes its own contexts."""
 
+    making = False
+
     def refill(self) -> None:
         pass
 

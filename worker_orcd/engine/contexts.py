@@ -142,6 +142,11 @@ class ContextPool:
             ctx = self._make()
         return ctx
 
+    @property
+    def making(self) -> bool:
+        """Whether the next spare is being made now (it takes a core while it is)."""
+        return self._want_spare
+
     def refill(self) -> None:
         """Start making the next spare, unless one is ready or on its way (or there is none)."""
         if not self.spare.enabled:

@@ -185,6 +185,7 @@ class InferenceLoop:
         clock = time.perf_counter
         set_threads = llama_cpp.llama_set_n_threads
         per_token, per_chunk = self.threads.decode, self.threads.batch
+        pool = self.pool
         n_token, n_chunk = per_token.current, per_chunk.current
         set_threads(ctx, n_token, n_chunk)
 
@@ -196,11 +197,13 @@ class InferenceLoop:
             if word.value:
                 return self._stopped(run, _Facts())
             n = min(self.prefill_chunk, n_prompt - start)
+            making = pool.making
             began = clock()
             rc = decode(ctx, batch_get_one(ctypes.cast(base + start * _TOKEN_SIZE, _TOKEN_P), n))
             if rc != 0:
                 return self._decode_failed(run, rc, _Facts())
-            if per_chunk.observe((clock() - began) / n) != n_chunk:
+            # A step that shared the cores with the spare's making says nothing of its count.
+            if not (making or pool.making) and per_chunk.observe((clock() - began) / n) != n_chunk:
                 n_chunk = per_chunk.current
                 set_threads(ctx, n_token, n_chunk)
         t1 = clock()
@@ -244,11 +247,12 @@ class InferenceLoop:
             if n_out == fault_at:  # tests only: stuck in C deaf to the word, or dead as on a CUDA error
                 fault()
             current[0] = token
+            making = pool.making
             began = clock()
             rc = decode(ctx, next_batch)
             if rc != 0:
                 return self._decode_failed(run, rc, _Facts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
-            if observe(clock() - began) != n_token:
+            if not (making or pool.making) and observe(clock() - began) != n_token:
                 n_token = per_token.current
                 set_threads(ctx, n_token, n_chunk)
         if stops is not None and reason != "stop":

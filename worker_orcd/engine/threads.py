@@ -8,8 +8,9 @@ thread fewer than the cores gone avoids that; on an idle machine the same model
 may still be faster with every core, or not (the front needs a core too, and a
 small model gains little from more threads). So the engine measures instead of
 guessing: it keeps a smoothed decode time for each of a few thread counts, uses
-the fastest, leaves a count at once when its decodes turn several times slower
-than the best one known, and now and then tries another count for a few steps,
+the fastest, leaves a count when two decodes in a row turn several times slower
+than the best one known (one such step alone is a hiccup: a page-fault storm, a
+moment of the host's), and now and then tries another count for a few steps,
 less often each time the trial confirms the choice.
 
 One governor chooses for single-token decodes (`n_threads`), another for prompt
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 SMOOTHING = 0.2  # weight of a new sample in a count's smoothed step time
-COLLAPSE = 4.0  # a step this many times the best known count's time: leave at once
+COLLAPSE = 4.0  # two steps in a row this many times the best known count's time: leave
 DRIFT = 1.5  # a smoothed time this many times another count's: move to that one
 TRIAL_STEPS = 6  # single-token decodes a trial of another count lasts
 BATCH_TRIAL_STEPS = 1  # prompt chunks: a short prompt is one chunk, the whole of a job's first token
@@ -47,6 +48,7 @@ class ThreadGovernor:
     switches: int = 0
     _counts: tuple[int, ...] = ()
     _skip: bool = False  # the first step after a switch is not a fair sample
+    _suspect: bool = False  # the last step collapsed: one more and the count is left
     _trial_from: int | None = None  # the count a trial will return to unless it wins
     _trial_left: int = 0
     _trial_gap: float = FIRST_TRIAL_SEC
@@ -65,8 +67,13 @@ class ThreadGovernor:
         n = self.current
         best = self._best(exclude=n)
         if best is not None and best < n and seconds > COLLAPSE * self.smoothed[best]:
-            self.smoothed[n] = seconds  # what this count costs now, not what it cost before
-            return self._leave(best)  # collapsing beside a busy neighbour: at once
+            if self._suspect or self._trial_from is not None:  # a trial is cut at its first
+                self._suspect = False
+                self.smoothed[n] = seconds  # what this count costs now, not what it cost before
+                return self._leave(best)  # collapsing beside a busy neighbour
+            self._suspect = True  # once is a hiccup, and no sample either
+            return n
+        self._suspect = False
         if self._skip:  # the first step after a switch pays for the change: no sample
             self._skip = False
         else:

@@ -1,9 +1,10 @@
 """The front's side of the engine: dispatch, the channel's reader, deadlines, supervision.
 
 One dispatcher thread takes jobs from the queue one at a time, binds the job's
-cancel flag to the engine's word on the cancel board and sends the run; a
-reader thread per engine process turns the engine's messages into the job's
-events (`started`, tokens) and its facts. The dispatcher then has
+cancel flag to the engine's word on the cancel board and sends the run; the
+event loop reads each engine's channel (a reader on its socket, every frame that
+has come per wake-up) and turns the engine's messages into the job's events
+(`started`, tokens) and its facts. The dispatcher then has
 `jobs.outcomes` decide how the job ends and finishes it. While a job runs, the
 dispatcher also keeps two clocks:
 
