@@ -66,6 +66,28 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return p
 
 
+FILE_FLAGS = ("--llama-server", "--model")  # files of this machine: a report names them only
+
+
+def shown_command(prog: str, argv: list[str]) -> str:
+    """The command as a report shows it: an absolute file path by its name alone."""
+
+    def name(path: str) -> str:
+        return "…/" + Path(path).name if Path(path).is_absolute() else path
+
+    shown, hide = [prog], False
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if hide:
+            arg, hide = name(arg), False
+        elif arg in FILE_FLAGS:
+            hide = True
+        elif eq and flag in FILE_FLAGS:
+            arg = f"{flag}={name(value)}"
+        shown.append(arg)
+    return " ".join(shown)
+
+
 def parse(argv: list[str], prog: str = PROG) -> BenchSettings:
     parser = build_parser(prog)
     args, worker_args = parser.parse_known_args(argv)
@@ -122,7 +144,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
     result = runner.run(settings, progress)
-    result["command"] = " ".join([prog, *argv])
+    result["command"] = shown_command(prog, argv)
     print(report.render(result))
     if settings.json_path is not None:
         report.write_json(result, settings.json_path)

@@ -12,7 +12,7 @@ from bench.harness import extra_buffers
 from bench.harness.bare import BareLoop
 from bench.harness.llama_server import llama_server
 from bench.harness.peer_client import PeerClient
-from bench.harness.processes import PeerSettings, peer_available, peer_server, scratch_dir, worker_server
+from bench.harness.processes import ChildServer, PeerSettings, peer_available, peer_server, scratch_dir, worker_server
 from bench.harness.quiet import QuietGuard
 from bench.harness.rss import descendants
 from bench.harness.settings import BenchSettings, WorkerSettings, running, worker_settings
@@ -96,11 +96,7 @@ class Rig:
                 s.llama_server, self.model, threads=w.threads, n_ctx=w.n_ctx, n_batch=w.prefill_chunk,
                 extra_buffers=extra_on, scratch=scratch,
             ).start()
-            stack.callback(server.stop)
-            self.llama_server_pid = server.pid
-            self.llama_server = PeerClient(server.url)
-            stack.callback(self.llama_server.close)
-            self.llama_server.warm_up()
+            self.llama_server, self.llama_server_pid = _side_of(server, stack)
         if s.peer and needs & NEEDS_PEER:
             if peer_available():
                 progress("starting llama-cpp-python's server")
@@ -110,11 +106,7 @@ class Rig:
                     ),
                     scratch,
                 ).start()
-                stack.callback(peer.stop)
-                self.peer_pid = peer.pid
-                self.peer = PeerClient(peer.url)
-                stack.callback(self.peer.close)
-                self.peer.warm_up()
+                self.peer, self.peer_pid = _side_of(peer, stack)
             else:
                 self.notes.append(
                     "llama-cpp-python's server is not installed (pip install 'worker-orcd[peer]'): no peer figures"
@@ -168,3 +160,12 @@ class Rig:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _side_of(server: ChildServer, stack: ExitStack) -> tuple[PeerClient, int]:
+    """A started server's client, warmed up; both stop with the rig."""
+    stack.callback(server.stop)
+    client = PeerClient(server.url)
+    stack.callback(client.close)
+    client.warm_up()
+    return client, server.pid

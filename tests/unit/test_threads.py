@@ -114,3 +114,29 @@ def test_prompt_chunks_are_trialled_one_at_a_time():
     used = run(governor, clock, lambda n: 0.075 if n == 2 else 0.130, 400)  # ~30 s of prompts
     assert governor.current == 2
     assert used.count(1) <= 6, used.count(1)  # trials after 1, 2, 4, 8 and 16 s
+
+
+def test_a_short_prompt_is_never_a_trial_of_fewer_threads_but_may_bring_them_back():
+    """A short prompt is one chunk, its job's whole first token: trying one thread on it
+    would double that job's time to first token. It is tried once, so that a collapse can
+    be told; trials of more threads still run on short prompts."""
+    clock = Clock()
+    governor = Threads.choose(2, fixed=False, clock=clock).batch
+    used = []
+    for _ in range(400):  # ~30 s of short prompts on an idle machine
+        used.append(governor.current)
+        took = 0.075 if governor.current == 2 else 0.130
+        clock.now += took
+        governor.observe(took, try_fewer=False)
+    assert used.count(1) == 1  # measured once, so a collapse can be told; never again
+    # A neighbour takes a core: short prompts still, each collapsing at two threads.
+    for _ in range(2):
+        took = 0.900 if governor.current == 2 else 0.140
+        clock.now += took
+        governor.observe(took, try_fewer=False)
+    assert governor.current == 1  # two collapsed prompts in a row
+    for _ in range(200):  # it goes; short prompts only from now on
+        took = 0.075 if governor.current == 2 else 0.130
+        clock.now += took
+        governor.observe(took, try_fewer=False)
+    assert governor.current == 2

@@ -31,7 +31,7 @@ from worker_orcd.engine.faults import FaultPlan, die
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
-from worker_orcd.engine.threads import Threads
+from worker_orcd.engine.threads import BATCH_TRIAL_MIN_CHUNKS, Threads
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs.job import Sampling
 from worker_orcd.log import log_event
@@ -193,6 +193,8 @@ class InferenceLoop:
         n_prompt = len(run.prompt_tokens)
         prompt = (llama_cpp.llama_token * n_prompt)(*run.prompt_tokens)
         base = ctypes.addressof(prompt)
+        # A short prompt's chunk is its job's first token: no trial of fewer threads on it.
+        try_fewer = n_prompt >= BATCH_TRIAL_MIN_CHUNKS * self.prefill_chunk
         for start in range(0, n_prompt, self.prefill_chunk):
             if word.value:
                 return self._stopped(run, _Facts())
@@ -203,7 +205,7 @@ class InferenceLoop:
             if rc != 0:
                 return self._decode_failed(run, rc, _Facts())
             # A step that shared the cores with the spare's making says nothing of its count.
-            if not (making or pool.making) and per_chunk.observe((clock() - began) / n) != n_chunk:
+            if not (making or pool.making) and per_chunk.observe((clock() - began) / n, try_fewer) != n_chunk:
                 n_chunk = per_chunk.current
                 set_threads(ctx, n_token, n_chunk)
         t1 = clock()

@@ -28,6 +28,7 @@ COLLAPSE = 4.0  # two steps in a row this many times the best known count's time
 DRIFT = 1.5  # a smoothed time this many times another count's: move to that one
 TRIAL_STEPS = 6  # single-token decodes a trial of another count lasts
 BATCH_TRIAL_STEPS = 1  # prompt chunks: a short prompt is one chunk, the whole of a job's first token
+BATCH_TRIAL_MIN_CHUNKS = 4  # fewer threads are tried only on a prompt this long: a trial costs it at most a quarter
 FIRST_TRIAL_SEC = 1.0  # the first trial after a change; doubled each time a trial confirms
 LAST_TRIAL_SEC = 30.0
 
@@ -60,8 +61,12 @@ class ThreadGovernor:
         self.current = self.most
         self._next_trial = self.clock() + self._trial_gap
 
-    def observe(self, seconds: float) -> int:
-        """A step took `seconds` at the current count: the count for the next step."""
+    def observe(self, seconds: float, try_fewer: bool = True) -> int:
+        """A step took `seconds` at the current count: the count for the next step.
+
+        `try_fewer=False`: no trial of fewer threads starts on the next step (it would
+        cost the step more than it can tell), unless that count was never measured; a
+        trial of more threads still may."""
         if self.fixed:
             return self.current
         n = self.current
@@ -85,7 +90,7 @@ class ThreadGovernor:
             self._trial_left -= 1
             return n if self._trial_left else self._end_trial()
         if self.clock() >= self._next_trial:
-            return self._start_trial()
+            return self._start_trial(try_fewer)
         return n
 
     def health(self) -> dict:
@@ -120,7 +125,7 @@ class ThreadGovernor:
         self._next_trial = self.clock() + self._trial_gap
         return self._switch(n)
 
-    def _start_trial(self) -> int:
+    def _start_trial(self, try_fewer: bool = True) -> int:
         others = [n for n in self._counts if n != self.current]
         if not others:
             self._next_trial = float("inf")
@@ -128,6 +133,8 @@ class ThreadGovernor:
         # The count measured longest ago is worth a fresh look: unmeasured ones first.
         untried = [n for n in others if n not in self.smoothed]
         pick = untried[0] if untried else min(others, key=lambda n: abs(n - self.current))
+        if pick < self.current and not try_fewer and pick in self.smoothed:
+            return self.current  # known once (to see a collapse by): the next step that may, retries it
         self._trial_from = self.current
         self._trial_left = self.trial_steps
         self.smoothed.pop(pick, None)  # measured afresh: the machine may have changed since
