@@ -113,6 +113,7 @@ class ThreadGovernor:
             self.current = n
             self.switches += 1
             self._skip = self.skip_first
+            self._suspect = False  # a slow step counts against its own count only
         return n
 
     def _leave(self, n: int) -> int:
