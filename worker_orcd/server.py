@@ -34,12 +34,16 @@ class WorkerServer(uvicorn.Server):
         super().__init__(config)
         self.worker = worker
         self.drain = ShutdownOnce(worker, then=self._exit_when_drained)
+        self._signalled = False
 
     def handle_exit(self, sig: int, frame: object) -> None:
-        if self.drain.started:  # a second signal: do not wait any longer
+        # A second signal may run this handler inside the first one (handlers run between
+        # any two bytecodes of the main thread): the first thing done marks it as seen.
+        if self._signalled or self.drain.started:  # a second signal: do not wait any longer
             self.force_exit = True
             self.should_exit = True
             return
+        self._signalled = True
         log_event("shutdown_requested", signal=sig)
         self.drain()
 

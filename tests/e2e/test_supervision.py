@@ -108,7 +108,7 @@ def test_two_signals_during_a_drain_record_worker_shutdown(own_worker, tmp_path)
     with again.client() as c:
         for job_id in (running, waiting):
             record = job_of(c, job_id)
-            assert (record["state"], record["error"]["code"], record["cancel_reason"]) == (
+            assert (record["state"], (record["error"] or {}).get("code"), record["cancel_reason"]) == (
                 "failed",
                 "WORKER_SHUTDOWN",
                 "shutdown",
