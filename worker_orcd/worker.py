@@ -2,7 +2,7 @@
 
 This is the one place the rooms meet. The HTTP app gets a Worker and asks it
 for what it needs through a small facade (`submit`, `cancel`, `find`,
-`tokenize`, `health`, `drain`). The front never loads the model: the engine
+`tokenize_on_loop`, `health`, `drain`). The front never loads the model: the engine
 process does (`worker_orcd.supervisor`).
 """
 
@@ -72,18 +72,12 @@ class Worker:
         """The loaded model as the engine described it: name, vocab_size, backend, …"""
         return self.engine.model
 
-    def tokenize(self, prompt: str, stops: tuple[str, ...]) -> tuple[list[int], list[int]]:
-        """The prompt's tokens and each stop string's length in tokens (in the engine);
-        raises EngineUnavailable."""
-        texts = [(prompt, True), *((s, False) for s in stops)]
-        tokens = self.engine.tokenize(texts)
-        return tokens[0], [len(t) for t in tokens[1:]]
-
     async def tokenize_on_loop(
         self, prompt: str, stops: tuple[str, ...], on_thread: Callable[..., Any]
     ) -> tuple[list[int], list[int]]:
-        """`tokenize` from the event loop, with no thread while the engine is ready;
-        `on_thread` runs a blocking call (a restarting engine is waited for there)."""
+        """The prompt's tokens and each stop string's length in tokens (in the engine), asked
+        from the event loop with no thread while the engine is ready; `on_thread` runs a
+        blocking call (a restarting engine is waited for there). Raises EngineUnavailable."""
         texts = [(prompt, True), *((s, False) for s in stops)]
         tokens = await self.engine.tokenize_on_loop(texts, on_thread)
         return tokens[0], [len(t) for t in tokens[1:]]
