@@ -73,6 +73,10 @@ class Channel:
         with self._send_lock:
             self._conn.send_bytes(data)
 
+    def recv_frame(self) -> bytes:
+        """The next frame as it is, waiting for it (the engine's settings, sent first)."""
+        return self._conn.recv_bytes()
+
     def recv(self) -> Message:
         """The next message, waiting for it. Raises EOFError (or OSError) once the other
         process has gone."""

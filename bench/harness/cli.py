@@ -132,8 +132,7 @@ def parse(argv: list[str], prog: str = PROG) -> BenchSettings:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """`prog`: the command as the user typed it (`worker-orcd bench` runs this too), for
-    --help and the report's `command`."""
+    """`prog`: the command as the user typed it, for --help and the report's `command`."""
     argv = sys.argv[1:] if argv is None else argv
     settings = parse(argv, prog)
     # A stream reader thread stamps events after taking the GIL: keep that wait short.

@@ -153,7 +153,7 @@ def peer_server(settings: PeerSettings, scratch: Path) -> ChildServer:
     cmd += ["--logits_all", "false"]
     cmd += ["--n_gpu_layers", str(s.gpu_layers), "--main_gpu", str(s.gpu_device)]
     # The launcher is in this checkout, which the child finds only if told: the
-    # benchmark may have been started from another directory (`worker-orcd bench`).
+    # benchmark may have been started from another directory (the checkout on PYTHONPATH).
     path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
     return ChildServer("peer", cmd, port, "/v1/models", scratch, env={"PYTHONPATH": path})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -98,13 +97,13 @@ def running(flags: WorkerSettings, health: dict) -> WorkerSettings:
 
 
 def worker_settings(worker_args: tuple[str, ...]) -> WorkerSettings:
-    """Read the `serve` flags with the worker's own parser, so defaults cannot drift."""
-    from worker_orcd.cli import build_parser
+    """Read the `serve` flags as the worker reads them, so defaults cannot drift."""
+    from worker_orcd.settings.command_line import serve_parser
 
-    args: argparse.Namespace = build_parser().parse_args(["serve", *worker_args])
+    args = serve_parser().parse_args(list(worker_args))
     return WorkerSettings(
         n_ctx=args.n_ctx,
-        threads=args.threads or os.cpu_count() or 1,
+        threads=args.n_threads or os.cpu_count() or 1,
         prefill_chunk=args.prefill_chunk,
         gpu_device=args.gpu_device,
     )

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from worker_orcd.cli import parse_api_keys
+from worker_orcd.settings.command_line import parse_api_keys
 from worker_orcd.http.auth import BearerAuthMiddleware, TokenTable, bearer_token, from_loopback
 
 KEYS = (("alice", "tok-alice"), ("bob", "tok-bob-longer-token"))
@@ -186,7 +186,7 @@ def test_without_keys_the_operator_is_a_loopback_client(client, operator):
     assert run_caller((), s)[:2] == ("", operator)
 
 
-# -- cli.parse_api_keys ------------------------------------------------------------------
+# -- settings.command_line.parse_api_keys ----------------------------------------------------
 
 
 def test_parse_api_keys_from_flags():

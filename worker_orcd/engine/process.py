@@ -2,8 +2,8 @@
 
 Started by the front (`worker_orcd.supervisor.engine_process`) as
 `python -P -m worker_orcd.engine …`, with the channel's socket and the cancel
-board inherited as file descriptors and its environment (glibc tunables) set
-at spawn. It checks the CPU's extra buffer types, loads the model, makes the
+board inherited as file descriptors, its settings the channel's first frame,
+and its environment (glibc tunables) set at spawn. It checks the CPU's extra buffer types, loads the model, makes the
 spare context and says `ready` (or `failed`, with the one-line reason); then
 its main thread answers `tokenize` at once (safe beside a running decode: it
 reads only the vocabulary) and hands `run` to the inference thread.
@@ -21,36 +21,22 @@ import dataclasses
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from worker_orcd import log
 from worker_orcd.cancel_board import CancelBoard
 from worker_orcd.engine.parent import die_with_parent
+from worker_orcd.settings import engine as engine_settings
 from worker_orcd.wire import Channel
 
 GIL_SWITCH_SEC = 0.0005  # a thread back from llama.cpp waits at most this for the GIL
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The descriptors it inherits; its settings come over the channel."""
     p = argparse.ArgumentParser(prog="python -m worker_orcd.engine")
     p.add_argument("--channel-fd", type=int, required=True)
     p.add_argument("--board-fd", type=int, required=True)
-    p.add_argument("--board-slots", type=int, default=1)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--gpu-device", type=int, default=None)
-    p.add_argument("--n-ctx", type=int, required=True)
-    p.add_argument("--prefill-chunk", default="auto", help="auto or a number of tokens")
-    p.add_argument("--stop-budget-ms", type=float, default=20.0)
-    p.add_argument("--spare-context", default="auto")
-    p.add_argument("--flash-attn", default="auto")
-    p.add_argument("--threads", type=int, required=True, help="the most threads llama.cpp computes with")
-    p.add_argument("--fixed-threads", action="store_true", help="always --threads (else chosen by timing)")
-    p.add_argument("--nice", type=int, default=0, help="nice levels below the front")
-    p.add_argument("--cpu-extra-buffers", default="auto")
-    p.add_argument("--state-dir", type=Path, required=True)
-    p.add_argument("--worker-id", default="")
-    p.add_argument("--log-level", default="info")
     p.add_argument("--log-fd", type=int, default=None, help="where JSON log lines go (default: stderr)")
     return p.parse_args(argv)
 
@@ -73,14 +59,14 @@ def _lower_priority(levels: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _detach_from_signals()
-    _lower_priority(args.nice)
-    sys.setswitchinterval(GIL_SWITCH_SEC)
-    log.configure(
-        args.worker_id, args.log_level, os.fdopen(args.log_fd, "w", buffering=1) if args.log_fd is not None else None
-    )
     channel = Channel(args.channel_fd)
-    board = CancelBoard(args.board_slots, fd=args.board_fd)
+    config = engine_settings.decode(channel.recv_frame())  # the front's first frame
+    _detach_from_signals()
+    _lower_priority(config.engine_nice)
+    sys.setswitchinterval(GIL_SWITCH_SEC)
+    log_stream = os.fdopen(args.log_fd, "w", buffering=1) if args.log_fd is not None else None
+    log.configure(config.worker_id, config.log_level, log_stream)
+    board = CancelBoard(config.board_slots, fd=args.board_fd)
 
     from worker_orcd.engine import cpu_features, prefill
     from worker_orcd.engine.contexts import ContextPool, ContextSettings, ContextUnavailable
@@ -94,28 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     faults.at_start()
     try:
         extra = cpu_features.decide(
-            args.cpu_extra_buffers,
-            model_path=args.model,
-            state_dir=args.state_dir,
-            threads=args.threads,
-            gpu_device=args.gpu_device,
+            config.cpu_extra_buffers,
+            model_path=config.model_path,
+            state_dir=config.state_dir,
+            threads=config.threads,
+            gpu_device=config.gpu_device,
         )
-        model = Model(args.model, gpu_device=args.gpu_device, extra_buffers=extra.enabled)
+        model = Model(config.model_path, gpu_device=config.gpu_device, extra_buffers=extra.enabled)
         extra.log()
-        settings = ContextSettings(args.n_ctx, 0, args.threads, flash_attn=args.flash_attn)
-        if args.prefill_chunk == "auto":
-            chunk = prefill.choose(model, settings, args.stop_budget_ms)
+        settings = ContextSettings(config.n_ctx, 0, config.threads, flash_attn=config.flash_attn)
+        if config.prefill_chunk is None:
+            chunk = prefill.choose(model, settings, config.stop_budget_ms)
         else:
-            chunk = prefill.fixed(int(args.prefill_chunk))
+            chunk = prefill.fixed(config.prefill_chunk)
             prefill.warm_up(model, settings)
         log.log_event("prefill_chunk", backend=model.info.backend, **chunk.health())
         settings = dataclasses.replace(settings, n_batch=chunk.tokens)
-        pool = ContextPool(model, settings, spare=args.spare_context)
+        pool = ContextPool(model, settings, spare=config.spare_context)
         log.log_event("spare_context", **pool.spare.health())
     except (ModelLoadError, ContextUnavailable, ValueError, RuntimeError) as exc:
         channel.send({"kind": "failed", "message": str(exc)})
         return 1
-    threads = Threads.choose(args.threads, fixed=args.fixed_threads)
+    threads = Threads.choose(config.threads, fixed=bool(config.n_threads))
     loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, threads=threads, faults=faults)
     loop.start()
     info = model.info
@@ -141,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             "gpu": model.device.describe() if model.device is not None else None,
             "prefill_chunk": chunk.health(),
             "spare_context": pool.spare.health(),
-            "flash_attn": args.flash_attn,
+            "flash_attn": config.flash_attn,
             "cpu_extra_buffers": extra.health(),
             "context_make_ms": pool.last_make_ms,
             "threads": threads.health(),
-            "nice": args.nice,
+            "nice": config.engine_nice,
         }
     )
     try:

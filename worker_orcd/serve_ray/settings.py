@@ -8,13 +8,16 @@ as a dict. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from worker_orcd.config import default_state_dir
+from worker_orcd.settings.command_line import ApiKeys, parse_api_keys, read_serve_flags
 
 # Flags of `worker-orcd serve` that each replica sets itself: one worker per replica,
 # on its own port and state dir, on the replica's own device.
@@ -87,15 +90,14 @@ class ServeSettings:
             return Path(self.state_base)
         return default_state_dir() / "serve" / self.app_name
 
-    def worker_flags(self):
-        """`worker-orcd serve`'s own reading of the worker's flags (argparse Namespace)."""
-        from worker_orcd.cli import build_parser
+    def worker_flags(self) -> argparse.Namespace:
+        """`worker-orcd serve`'s own reading of the worker's flags, read once (one attribute
+        per WorkerConfig field)."""
+        return self._worker_flags
 
-        parser = build_parser()
-        try:
-            return parser.parse_args(["serve", *self.worker_args])
-        except SystemExit:
-            raise ValueError(f"worker flags {list(self.worker_args)!r} are not valid for worker-orcd serve") from None
+    @functools.cached_property
+    def _worker_flags(self) -> argparse.Namespace:
+        return read_serve_flags(self.worker_args)
 
     @property
     def max_queue(self) -> int:
@@ -121,12 +123,10 @@ class ServeSettings:
         then the worker's own drain (grace, a forced cancel), with room to exit."""
         return self.drain_sec + self.shutdown_grace_sec + self.cancel_deadline_sec + 15.0
 
-    def api_keys(self):
-        """The worker's keys (cli.ApiKeys), read as the worker reads them."""
-        from worker_orcd.cli import parse_api_keys
-
+    def api_keys(self) -> ApiKeys:
+        """The worker's keys, read as the worker reads them."""
         flags = self.worker_flags()
-        return parse_api_keys(flags.api_key, flags.api_keys_file, flags.admin_key)
+        return parse_api_keys(flags.api_keys, flags.api_keys_file, flags.admin_keys)
 
     @property
     def keyed(self) -> bool:

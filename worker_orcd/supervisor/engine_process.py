@@ -6,8 +6,10 @@ one), and the interpreter is this one. Its environment carries the glibc
 tunables that make freeing a context real and cheap (glibc reads them only at
 process start): a fixed mmap threshold, so freed KV caches return to the
 system, and transparent huge pages, so making and freeing one is several
-times faster. It inherits three descriptors: its end of the channel, the
-cancel board and the worker's log stream, where it writes its JSON log lines.
+times faster. It inherits three descriptors, its only arguments: its end of
+the channel, the cancel board and the worker's log stream, where it writes its
+JSON log lines. Its settings (worker_orcd.settings.engine) are the channel's
+first frame.
 Whatever else it writes to its standard error (a C library's abort message,
 a backtrace, a Python traceback) comes to the front through a pipe and is
 logged as `engine_output` lines, so the log stays JSON.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from worker_orcd.cancel_board import CancelBoard
 from worker_orcd.config import WorkerConfig
 from worker_orcd.log import log_event
+from worker_orcd.settings import engine
 from worker_orcd.wire import Channel
 
 TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=131072"
@@ -58,8 +61,11 @@ class EngineProcess:
     @classmethod
     def start(cls, config: WorkerConfig, board: CancelBoard) -> "EngineProcess":
         front_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel = Channel(front_end.detach())
         log_fd = os.dup(_log_stream_fd())
         try:
+            # Its settings, the first frame: in the socket before the engine exists to read it.
+            channel.send_frame(engine.encode(engine.engine_settings(config, board.slots)))
             cmd = [
                 sys.executable,
                 "-P",
@@ -69,39 +75,9 @@ class EngineProcess:
                 str(engine_end.fileno()),
                 "--board-fd",
                 str(board.fd),
-                "--board-slots",
-                str(board.slots),
-                "--model",
-                str(config.model_path),
-                "--n-ctx",
-                str(config.n_ctx),
-                "--prefill-chunk",
-                "auto" if config.prefill_chunk is None else str(config.prefill_chunk),
-                "--stop-budget-ms",
-                str(config.stop_budget_ms),
-                "--spare-context",
-                config.spare_context,
-                "--flash-attn",
-                config.flash_attn,
-                "--threads",
-                str(config.threads),
-                "--nice",
-                str(config.engine_nice),
-                "--cpu-extra-buffers",
-                config.cpu_extra_buffers,
-                "--state-dir",
-                str(config.state_path),
-                "--worker-id",
-                config.worker_id,
-                "--log-level",
-                config.log_level,
                 "--log-fd",
                 str(log_fd),
             ]
-            if config.gpu_device is not None:
-                cmd += ["--gpu-device", str(config.gpu_device)]
-            if config.n_threads:
-                cmd.append("--fixed-threads")
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -110,13 +86,13 @@ class EngineProcess:
                 env=engine_environment(),
             )
         except BaseException:
-            front_end.close()
+            channel.close()
             raise
         finally:
             engine_end.close()
             os.close(log_fd)
         threading.Thread(target=_log_output, args=(proc,), name="engine-output", daemon=True).start()
-        return cls(proc, Channel(front_end.detach()))
+        return cls(proc, channel)
 
     def kill(self, *, failure: bool = False) -> None:
         """SIGKILL, and wait: once this returns the OS (and the GPU driver) has its memory back.
