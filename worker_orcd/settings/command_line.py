@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Sequence
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from worker_orcd.config import WorkerConfig, default_model_path, default_worker_id
 from worker_orcd.settings.schema import Declared, declared

@@ -9,8 +9,9 @@ settings record are derived from these declarations.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 Part = Literal["front", "engine", "both"]
 SWITCH = ("auto", "on", "off")  # a feature the worker turns on by itself, or as told
@@ -39,8 +40,19 @@ class Flag:
         return self.name.lstrip("-").replace("-", "_").upper()
 
 
-def setting(default: Any = MISSING, *, flag: Flag) -> Any:
-    """A WorkerConfig field given by `flag`; no default: a field `serve` must work out."""
+def setting(
+    name: str,
+    default: Any = MISSING,
+    parse: Callable[[str], Any] | None = None,
+    help: str | None = None,
+    *,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    repeat: bool = False,
+    part: Part = "front",
+) -> Any:
+    """A WorkerConfig field given by the flag `name` (no default: one `serve` works out)."""
+    flag = Flag(name, help, parse, choices, metavar, repeat, part)
     return dataclasses.field(default=default, metadata={_FLAG: flag})
 
 
