@@ -105,7 +105,8 @@ def parse_api_keys(pairs: Sequence[str], keys_file: Path | None, admin_pairs: Se
                 entries.append((True, rest[0]))
             else:
                 entries.append((False, line))
-    tenants, operators = [], []
+    tenants: list[tuple[str, str]] = []
+    operators: list[tuple[str, str]] = []
     for number, (operator, entry) in enumerate(entries, start=1):
         name, sep, token = entry.partition("=")
         name, token = name.strip(), token.strip()

@@ -52,7 +52,7 @@ def setting(
     part: Part = "front",
 ) -> Any:
     """A WorkerConfig field given by the flag `name` (no default: one `serve` works out)."""
-    flag = Flag(name, help, parse, choices, metavar, repeat, part)
+    flag = Flag(name, help=help, parse=parse, choices=choices, metavar=metavar, repeat=repeat, part=part)
     return dataclasses.field(default=default, metadata={_FLAG: flag})
 
 
