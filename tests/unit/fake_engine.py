@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from worker_orcd.channel.cancel_board import CancelBoard
-from worker_orcd.config import WorkerConfig
-from worker_orcd.supervisor.engine_process import EngineProcess
 from worker_orcd.channel.frames import Channel
 from worker_orcd.channel.messages import (
     Done,
@@ -35,6 +33,8 @@ from worker_orcd.channel.messages import (
     Tokenize,
     Tokens,
 )
+from worker_orcd.config import WorkerConfig
+from worker_orcd.supervisor.engine_process import EngineProcess
 
 MODEL = ModelInfo(
     name="fake.gguf",

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+from msgspec.structs import replace
 
 from worker_orcd.channel import native
+from worker_orcd.channel.frames import Channel
+from worker_orcd.channel.messages import Done, RunFacts, Sampling, Started, Stopped, StopReason
 from worker_orcd.engine.contexts import ContextPool, ContextUnavailable
 from worker_orcd.engine.faults import FaultPlan, die
 from worker_orcd.engine.model import Model
@@ -34,7 +37,6 @@ from worker_orcd.engine.text import StopMatcher, Utf8Assembler
 from worker_orcd.engine.threads import BATCH_TRIAL_MIN_CHUNKS, Threads
 from worker_orcd.errors import ErrorCode
 from worker_orcd.log import log_event
-from worker_orcd.channel.frames import Channel
 
 DECODE_ABORTED = 2  # llama_decode's return value when the abort callback fired
 SHORT_PROMPT_TOKENS = 256  # a prompt this short is most of its job's time to first token

@@ -17,9 +17,9 @@ from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.offload import offload_of
 from worker_orcd.http.sse import EventStream, encode_events
-from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.http.validation import ExecuteRequest, check_token_limits
 from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.jobs.events import Event
 from worker_orcd.jobs.job import Job, Sampling
 from worker_orcd.jobs.manager import TenantBusy

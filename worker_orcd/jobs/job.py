@@ -17,7 +17,7 @@ from typing import Any, Callable
 from worker_orcd.channel.messages import Sampling
 from worker_orcd.jobs import outcomes
 from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
-from worker_orcd.jobs.events import EventSink
+from worker_orcd.jobs.events import Event, EventSink
 from worker_orcd.jobs.outcomes import Outcome
 from worker_orcd.jobs.states import JobState, Phase
 

@@ -26,9 +26,9 @@ import threading
 from dataclasses import dataclass
 
 from worker_orcd.channel.cancel_board import CancelBoard
+from worker_orcd.channel.frames import Channel
 from worker_orcd.config import WorkerConfig
 from worker_orcd.log import log_event
-from worker_orcd.channel.frames import Channel
 
 TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=131072"
 
