@@ -3,7 +3,7 @@
     python -m bench.engine [--deaths 20] [--forced 5] [--frames 200000] [--json PATH]
 
 1. The channel's cost per token: a child process sends token frames as the
-   engine does (`wire.Channel.send_token`), this process receives them as the
+   engine does (`channel.frames.Channel.send_token`), this process receives them as the
    front does (on its event loop, every frame that has come per wake-up); CPU time per frame on each side.
 2. The engine killed (SIGKILL) mid-stream: from the kill to the terminal event
    at the client, and from the kill to the first token of the next job (sent
@@ -34,27 +34,27 @@ from bench.harness.prompts import story
 from bench.harness.rss import rss_bytes
 from bench.harness.stats import summary
 from bench.harness.worker_client import WorkerClient
-from worker_orcd.wire import Channel, decode
+from worker_orcd.channel.frames import Channel, decode
 
 TOKEN_TEXT = " token"  # a typical piece: one short word
 DEATHS_PER_WORKER = 4
 _SENDER = """
 import resource, sys
-from worker_orcd.wire import Channel
+from worker_orcd.channel.frames import Channel
 ch = Channel(int(sys.argv[1])); n = int(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF)
 for i in range(n):
     ch.send_token(1, i, {text!r})
 after = resource.getrusage(resource.RUSAGE_SELF)
-ch.send({{"cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}})
+print((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
 """
 
 
-async def _receive_on_a_loop(channel: Channel, frames: int) -> dict[str, Any]:
+async def _receive_on_a_loop(channel: Channel, frames: int) -> None:
     """As the front reads its engine's channel: on the event loop, every frame that has
-    come per wake-up. Returns the sender's closing message."""
+    come per wake-up, until the last token."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
     seen = 0
 
     def readable() -> None:
@@ -63,33 +63,35 @@ async def _receive_on_a_loop(channel: Channel, frames: int) -> dict[str, Any]:
             message = decode(frame)
             if isinstance(message, tuple):
                 seen += 1
-            elif not done.done():
-                assert seen == frames, seen
-                loop.remove_reader(channel.fileno())
-                done.set_result(message)
+        if seen == frames and not done.done():
+            loop.remove_reader(channel.fileno())
+            done.set_result(None)
 
     loop.add_reader(channel.fileno(), readable)
-    return await done
+    await done
 
 
 def channel_cost(frames: int) -> dict[str, Any]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     code = _SENDER.format(text=TOKEN_TEXT)
     child = subprocess.Popen(
-        [sys.executable, "-c", code, str(theirs.fileno()), str(frames)], pass_fds=(theirs.fileno(),)
+        [sys.executable, "-c", code, str(theirs.fileno()), str(frames)],
+        pass_fds=(theirs.fileno(),),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     theirs.close()
     channel = Channel(ours.detach())
     t0 = time.perf_counter()
     c0 = time.process_time()
-    sent = asyncio.run(_receive_on_a_loop(channel, frames))
+    asyncio.run(_receive_on_a_loop(channel, frames))
     receive_cpu = time.process_time() - c0
     wall = time.perf_counter() - t0
-    child.wait()
+    send_cpu = float(child.communicate()[0])  # the sender's CPU time over its frames
     channel.close()
     return {
         "frames": frames,
-        "send_us_per_token": round(sent["cpu_s"] / frames * 1e6, 3),
+        "send_us_per_token": round(send_cpu / frames * 1e6, 3),
         "receive_us_per_token": round(receive_cpu / frames * 1e6, 3),
         "frames_per_s": round(frames / wall),
     }

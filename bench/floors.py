@@ -40,7 +40,7 @@ import httpx
 
 import llama_cpp
 
-from worker_orcd import native
+from worker_orcd.channel import native
 from bench.harness import prompts
 from bench.harness.processes import free_port, scratch_dir, worker_server
 from bench.harness.stats import summary

@@ -107,18 +107,17 @@ async def _serve(config: WorkerConfig, sock: socket.socket) -> int:
             host=config.host,
             message="no API keys: every client that can reach this address may submit and cancel jobs",
         )
-    ready = worker.engine.info or {}
     log_event(
         "worker_ready",
         host=config.host,
         port=config.port,
-        model=info["name"],
-        backend=info["backend"],
+        model=info.name,
+        backend=info.backend,
         n_ctx=config.n_ctx,
         threads=config.threads,
-        context_make_ms=ready.get("context_make_ms"),
+        context_make_ms=worker.engine.info.context_make_ms if worker.engine.info else None,
         ledger=str(config.ledger_path),
-        cpu_extra_buffers=ready.get("cpu_extra_buffers"),
+        cpu_extra_buffers=worker.engine.info.cpu_extra_buffers if worker.engine.info else None,
         engine_pid=worker.engine.engine_pid,
     )
     try:

@@ -2,7 +2,8 @@
 
 This is the one place the rooms meet. The HTTP app gets a Worker and asks it
 for what it needs through a small facade (`submit`, `cancel`, `find`,
-`tokenize_on_loop`, `health`, `drain`). The front never loads the model: the engine
+`tokenize_on_loop`, `health`, `drain`, the ledger's lookups, the counters): the
+routes reach nothing behind it. The front never loads the model: the engine
 process does (`worker_orcd.supervisor`).
 """
 
@@ -11,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
+from msgspec.structs import asdict
+
+from worker_orcd.channel.messages import ModelInfo
 from worker_orcd.config import WorkerConfig
 from worker_orcd.engine.gguf import check_model_file
 from worker_orcd.gpu.nvml import NvmlProbe, VramMonitor
@@ -54,7 +59,7 @@ class Worker:
     def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Start the engine (raises EngineStartFailed) and the VRAM readings."""
         self.engine.start(stop_requested)
-        gpu = self.engine.info.get("gpu") if self.engine.info else None
+        gpu = self.engine.info.gpu if self.engine.info else None
         if gpu is not None and gpu["backend"] == "cuda":  # NVML knows NVIDIA's devices only
             # By the bus id the engine's device has: NVML's indices are not CUDA's.
             probe = (
@@ -68,9 +73,27 @@ class Worker:
     # -- the facade the routes use ----------------------------------------------------------
 
     @property
-    def model(self) -> dict[str, Any]:
+    def model(self) -> ModelInfo:
         """The loaded model as the engine described it: name, vocab_size, backend, …"""
         return self.engine.model
+
+    @property
+    def model_path(self) -> Path:
+        return self.config.model_path
+
+    @property
+    def n_ctx(self) -> int:
+        return self.config.n_ctx
+
+    @property
+    def keyed(self) -> bool:
+        """Whether callers need API keys."""
+        return self.config.keyed
+
+    @property
+    def active_job(self) -> Job | None:
+        """The job the engine runs now (read it once: it changes under you)."""
+        return self.engine.active
 
     async def tokenize_on_loop(
         self, prompt: str, stops: tuple[str, ...], on_thread: Callable[..., Any]
@@ -86,10 +109,36 @@ class Worker:
         self.manager.submit(job)
 
     def cancel(self, tenant: str, job_id: str, reason: CancelReason) -> Phase | None:
-        return self.manager.cancel(tenant, job_id, reason)
+        """A cancel by id (kept for a job still on its way when unknown), counted."""
+        phase = self.manager.cancel(tenant, job_id, reason)
+        self.metrics.cancel_requested(phase)
+        return phase
 
     def cancel_job(self, job: Job, reason: CancelReason) -> Phase:
-        return self.manager.cancel_job(job, reason)
+        """A cancel of a job in hand (its client went away), counted."""
+        phase = self.manager.cancel_job(job, reason)
+        self.metrics.cancel_requested(phase)
+        return phase
+
+    def rejected(self) -> None:
+        """A job request refused before it became a job: counted."""
+        self.metrics.rejected()
+
+    def render_metrics(self) -> str:
+        return self.metrics.render()
+
+    # The ledger's lookups block (a file): the routes run them through their offload.
+
+    def on_record(self, tenant: str, job_id: str) -> bool:
+        """Whether the ledger has a job with this id (a past one, maybe of a previous run)."""
+        return self.ledger.exists(tenant, job_id)
+
+    def record_of(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+        return self.ledger.get(tenant, job_id)
+
+    def recent_records(self, tenant: str, state: str | None, limit: int) -> list[dict[str, Any]]:
+        self.ledger.flush()
+        return self.ledger.list(tenant, state=state, limit=limit)
 
     def find(self, tenant: str, job_id: str) -> Job | None:
         return self.manager.find(tenant, job_id)
@@ -118,32 +167,32 @@ class Worker:
     def health(self) -> dict[str, Any]:
         """Cached state only: never waits for the engine or the GPU."""
         info = self.engine.model
-        ready = self.engine.info or {}
+        ready = self.engine.info
         active = self.engine.active
         engine = self.engine.health()
         vram = self.vram.latest  # one sample: the figure and its scope agree
         return {
             "status": "healthy" if self.accepting and engine["state"] != "failed" else "unhealthy",
-            "model": info["name"],
+            "model": info.name,
             "resident": engine["state"] == "ready",
-            "quant_kind": info["quant_kind"],
+            "quant_kind": info.quant_kind,
             "vram_bytes_used": vram.reported_bytes if vram is not None else None,
             "vram_scope": vram.scope if vram is not None else None,
-            "tokenizer_kind": info["tokenizer_kind"],
-            "vocab_size": info["vocab_size"],
+            "tokenizer_kind": info.tokenizer_kind,
+            "vocab_size": info.vocab_size,
             "context_length": self.config.n_ctx,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "backend": info["backend"],
-            "gpu_device": self.config.gpu_device if info["backend"] != "cpu" else None,
-            "gpu": self._gpu(ready.get("gpu")),
-            "prefill_chunk": ready.get("prefill_chunk"),
-            "spare_context": ready.get("spare_context"),
-            "flash_attn": ready.get("flash_attn"),
+            "backend": info.backend,
+            "gpu_device": self.config.gpu_device if info.backend != "cpu" else None,
+            "gpu": self._gpu(ready.gpu if ready else None),
+            "prefill_chunk": asdict(ready.prefill_chunk) if ready else None,
+            "spare_context": ready.spare_context if ready else None,
+            "flash_attn": ready.flash_attn if ready else None,
             "threads": self.engine.threads,
-            "engine_nice": ready.get("nice"),
+            "engine_nice": ready.nice if ready else None,
             "active_job": active.job_id if active is not None else None,
             "queue_depth": self.queue_depth,
-            "cpu_extra_buffers": self.engine.info["cpu_extra_buffers"] if self.engine.info else None,
+            "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
             "engine": engine,
         }
 

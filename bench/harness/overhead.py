@@ -28,8 +28,8 @@ import llama_cpp
 from bench.harness import prompts
 from bench.harness.quiet import QuietGuard, take
 from bench.harness.stats import summary
-from worker_orcd import native
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel import native
+from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.engine.contexts import ContextSettings, free_context, new_context
 from worker_orcd.engine.loop import InferenceLoop, Run
 from worker_orcd.engine.model import Model

@@ -10,7 +10,7 @@ import ctypes
 
 import llama_cpp
 
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.contexts import ContextSettings, free_context, new_context
 from worker_orcd.engine.loop import InferenceLoop, Run

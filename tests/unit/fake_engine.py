@@ -1,6 +1,6 @@
 """A scripted engine for unit tests of the supervisor: the real wire, no model.
 
-Each fake engine is a thread speaking the real protocol (`worker_orcd.wire.Channel`
+Each fake engine is a thread speaking the real protocol (`worker_orcd.channel.frames.Channel`
 over a real socket pair) and reading the real cancel board; its "process" is an
 object with Popen's few methods, which ends (and closes the engine's end of the
 socket) when it is killed or its script says so. Tests decide what each engine
@@ -16,28 +16,37 @@ import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel.cancel_board import CancelBoard
+from worker_orcd.channel.frames import Channel
+from worker_orcd.channel.messages import (
+    Done,
+    EngineReady,
+    Exit,
+    ModelInfo,
+    PrefillChunk,
+    RunFacts,
+    RunRequest,
+    Started,
+    Stopped,
+    Tokenize,
+    Tokens,
+)
 from worker_orcd.config import WorkerConfig
 from worker_orcd.supervisor.engine_process import EngineProcess
-from worker_orcd.wire import Channel
 
-MODEL = {
-    "name": "fake.gguf",
-    "path": "/fake.gguf",
-    "size_bytes": 1,
-    "quant_kind": "Q4_1",
-    "tokenizer_kind": "bpe",
-    "vocab_size": 100,
-    "n_ctx_train": 4096,
-    "backend": "cpu",
-    "gpu_layers": 0,
-    "chat_template": None,
-    "bos_token": None,
-    "eos_token": None,
-    "bos_id": None,
-}
+MODEL = ModelInfo(
+    name="fake.gguf",
+    path="/fake.gguf",
+    size_bytes=1,
+    quant_kind="Q4_1",
+    tokenizer_kind="bpe",
+    vocab_size=100,
+    n_ctx_train=4096,
+    backend="cpu",
+    gpu_layers=0,
+)
 _pids = itertools.count(4_000_000)
 
 
@@ -86,7 +95,7 @@ class FakeProc:
         return self._ended.is_set()
 
 
-Script = Callable[["FakeEngine", dict], None]
+Script = Callable[["FakeEngine", RunRequest], None]
 """What an engine does with a `run` message (the default: `complete`)."""
 
 
@@ -101,7 +110,7 @@ class FakeEngine:
     dies_on_tokenize: bool = False  # ends, as if killed, on its first tokenize request
     spawned_by: threading.Thread = field(default_factory=threading.current_thread)
     got_exit: threading.Event = field(default_factory=threading.Event)
-    runs: list[dict] = field(default_factory=list)
+    runs: list[RunRequest] = field(default_factory=list)
 
     def serve(self) -> None:
         try:
@@ -114,17 +123,13 @@ class FakeEngine:
     def _serve(self) -> None:
         if self.ready:
             self.channel.send(
-                {
-                    "kind": "ready",
-                    "pid": self.proc.pid,
-                    "model": MODEL,
-                    "gpu": None,
-                    "prefill_chunk": {"tokens": 64},
-                    "spare_context": None,
-                    "flash_attn": "auto",
-                    "cpu_extra_buffers": None,
-                    "context_make_ms": 1.0,
-                }
+                EngineReady(
+                    pid=self.proc.pid,
+                    model=MODEL,
+                    prefill_chunk=PrefillChunk(tokens=64, mode="fixed"),
+                    flash_attn="auto",
+                    context_make_ms=1.0,
+                )
             )
         while True:
             try:
@@ -133,45 +138,44 @@ class FakeEngine:
                 return
             if self.proc.ended:
                 return
-            kind = message["kind"]
-            if kind == "tokenize" and self.dies_on_tokenize:
+            if isinstance(message, Tokenize) and self.dies_on_tokenize:
                 self.proc.end(-9)
                 return
-            if kind == "tokenize":
-                tokens = [[1] * max(1, len(text) // 4) for text, _ in message["texts"]]
-                self.channel.send({"kind": "tokens", "request": message["request"], "tokens": tokens})
-            elif kind == "run":
+            if isinstance(message, Tokenize):
+                tokens = [[1] * max(1, len(text) // 4) for text, _ in message.texts]
+                self.channel.send(Tokens(message.request, tokens))
+            elif isinstance(message, RunRequest):
                 self.runs.append(message)
                 self.script(self, message)
-            elif kind == "exit":
+            elif isinstance(message, Exit):
                 self.got_exit.set()
                 self.proc.end(0)
                 return
 
     # -- pieces of scripts -------------------------------------------------------------
 
-    def word_raised(self, message: dict) -> bool:
-        word = ctypes.c_int.from_address(self.board.address(message["slot"]))
+    def word_raised(self, message: RunRequest) -> bool:
+        word = ctypes.c_int.from_address(self.board.address(message.slot))
         return word.value != 0
 
-    def started(self, message: dict) -> None:
-        self.channel.send({"kind": "started", "run": message["run"]})
+    def started(self, message: RunRequest) -> None:
+        self.channel.send(Started(message.run))
 
-    def token(self, message: dict, n: int, text: str = "x") -> None:
-        self.channel.send_token(message["run"], n, text)
+    def token(self, message: RunRequest, n: int, text: str = "x") -> None:
+        self.channel.send_token(message.run, n, text)
 
-    def stopped(self, message: dict) -> None:
+    def stopped(self, message: RunRequest) -> None:
         import time
 
-        self.channel.send({"kind": "stopped", "run": message["run"], "at": time.perf_counter()})
+        self.channel.send(Stopped(message.run, time.perf_counter()))
 
-    def done(self, message: dict, **facts: object) -> None:
+    def done(self, message: RunRequest, **facts: Any) -> None:
         import time
 
-        self.channel.send({"kind": "done", "run": message["run"], "freed_at": time.perf_counter(), **facts})
+        self.channel.send(Done(message.run, RunFacts(freed_at=time.perf_counter(), **facts)))
 
 
-def complete(engine: FakeEngine, message: dict) -> None:
+def complete(engine: FakeEngine, message: RunRequest) -> None:
     """Start, two tokens, done with max_tokens."""
     engine.started(message)
     engine.token(message, 1)

@@ -6,8 +6,8 @@ import ctypes
 import os
 import threading
 
-from worker_orcd import native
-from worker_orcd.cancel_board import SLOT_BYTES, CancelBoard
+from worker_orcd.channel import native
+from worker_orcd.channel.cancel_board import SLOT_BYTES, CancelBoard
 from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
 
 # The callback's C signature: bool (*)(void *data).

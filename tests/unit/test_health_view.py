@@ -20,7 +20,7 @@ def fake_worker(active=None, capacity: int = 2, status: str = "healthy"):
             return status == "healthy" and queue.has_room()
 
     fake = type("FakeWorker", (SimpleNamespace,), {"ready": Ready()})
-    return fake(health=health, engine=SimpleNamespace(active=active), manager=SimpleNamespace(queue=queue))
+    return fake(health=health, active_job=active, manager=SimpleNamespace(queue=queue))
 
 
 def test_without_a_token_only_liveness_and_readiness():

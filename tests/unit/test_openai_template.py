@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
+from worker_orcd.channel.messages import ModelInfo
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.gguf import read_value
 from worker_orcd.engine.model import Model
@@ -105,16 +105,25 @@ class StandInWorker:
     accepting = True
 
     def __init__(self, template: str | None) -> None:
-        self.model = {
-            "name": MODEL,
-            "chat_template": template,
-            "vocab_size": 49152,
-            "bos_token": "<|im_start|>",
-            "eos_token": "<|im_end|>",
-            "bos_id": 1,
-        }
-        self.config = SimpleNamespace(model_path=GGUF)
-        self.metrics = SimpleNamespace(rejected=lambda: None)
+        self.model = ModelInfo(
+            name=MODEL,
+            path=str(GGUF),
+            size_bytes=1,
+            quant_kind="Q8_0",
+            tokenizer_kind="bpe",
+            vocab_size=49152,
+            n_ctx_train=2048,
+            backend="cpu",
+            gpu_layers=0,
+            chat_template=template,
+            bos_token="<|im_start|>",
+            eos_token="<|im_end|>",
+            bos_id=1,
+        )
+        self.model_path = GGUF
+
+    def rejected(self) -> None:
+        pass
 
 
 def _request(body: dict) -> Request:

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.config import WorkerConfig
 from worker_orcd.serve_ray import settings as serve_ray_settings
 from worker_orcd.serve_ray.settings import ServeSettings
@@ -20,7 +20,7 @@ from worker_orcd.settings.command_line import config_from, read_serve_flags
 from worker_orcd.settings.schema import declared
 from worker_orcd.supervisor import engine_process
 from worker_orcd.supervisor.engine_process import EngineProcess
-from worker_orcd.wire import Channel
+from worker_orcd.channel.frames import Channel
 
 MODEL = ("--model", "m.gguf", "--worker-id", "w")
 

@@ -18,12 +18,13 @@ import pytest
 
 from tests.unit.fake_engine import FakeEngine, FakeEngines, complete
 from tests.unit.helpers import make_job
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel.cancel_board import CancelBoard
+from worker_orcd.channel.messages import RunRequest
 from worker_orcd.config import WorkerConfig, default_model_path
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import Job, JobState
 from worker_orcd.jobs.queue import JobQueue
-from worker_orcd.supervisor import engine_process, supervisor
+from worker_orcd.supervisor import engine_process, lifecycle, supervisor
 from worker_orcd.supervisor.engine_process import EngineProcess
 from worker_orcd.supervisor.supervisor import EngineSupervisor
 
@@ -71,7 +72,7 @@ def code_of(job: Job) -> str | None:
     return job.outcome.error_code.value if job.outcome and job.outcome.error_code else None
 
 
-def dies_on_run(engine: FakeEngine, message: dict) -> None:
+def dies_on_run(engine: FakeEngine, message: RunRequest) -> None:
     engine.proc.end(-9)  # took the run off the wire, never said `started`
 
 
@@ -81,10 +82,10 @@ def test_a_job_the_dead_engine_never_took_runs_on_the_next_engine(start_supervis
     job, sink = submit(sup, "never-taken")
     assert ended(job).state is JobState.COMPLETED, job.outcome
     assert len(sink.terminal()) == 1 and [e.name for e in sink.events][0] == "started"
-    assert len(engines.engines) == 2 and engines.engines[1].runs[0]["job_id"] == "never-taken"
+    assert len(engines.engines) == 2 and engines.engines[1].runs[0].job_id == "never-taken"
 
 
-def stops_then_dies(engine: FakeEngine, message: dict) -> None:
+def stops_then_dies(engine: FakeEngine, message: RunRequest) -> None:
     engine.started(message)
     engine.token(message, 1)
     wait_until(lambda: engine.word_raised(message))
@@ -92,7 +93,7 @@ def stops_then_dies(engine: FakeEngine, message: dict) -> None:
     engine.proc.end(-11)  # a crash while freeing the context
 
 
-def dies_once_raised(engine: FakeEngine, message: dict) -> None:
+def dies_once_raised(engine: FakeEngine, message: RunRequest) -> None:
     engine.started(message)
     engine.token(message, 1)
     wait_until(lambda: engine.word_raised(message))
@@ -123,7 +124,7 @@ def test_a_cancel_then_the_engines_death_ends_as_the_raiser_decided(start_superv
 
 
 def test_a_death_without_a_cancel_is_engine_failed(start_supervisor):
-    def dies_mid_run(engine: FakeEngine, message: dict) -> None:
+    def dies_mid_run(engine: FakeEngine, message: RunRequest) -> None:
         engine.started(message)
         engine.token(message, 1)
         engine.proc.end(-9)
@@ -139,7 +140,7 @@ def test_a_done_waiting_unread_at_the_deadline_is_a_confirmation(start_superviso
     release = threading.Event()
     held = threading.Event()
 
-    def confirms_behind_a_token(engine: FakeEngine, message: dict) -> None:
+    def confirms_behind_a_token(engine: FakeEngine, message: RunRequest) -> None:
         engine.started(message)
         wait_until(lambda: engine.word_raised(message))
         engine.token(message, 1, "held")  # the reader stops at this one
@@ -161,7 +162,7 @@ def test_a_done_waiting_unread_at_the_deadline_is_a_confirmation(start_superviso
     wait_until(lambda: job.state is JobState.RUNNING and sink.events)
     job.request_cancel(CancelReason.CLIENT)
     assert held.wait(5)
-    wait_until(lambda: sup._engine.unread())  # `done` has come, not yet read through
+    wait_until(lambda: sup.lifecycle.engine.unread())  # `done` has come, not yet read through
     # Past the hard deadline, then the reader gets going again.
     wait_until(lambda: time.perf_counter() > job.cancel_flag.raised_at + DEADLINE_MS / 1000 + 0.1)
     release.set()
@@ -177,7 +178,7 @@ def test_close_while_an_engine_is_being_made_ends_that_engine(start_supervisor):
     assert engines.holding.wait(5)
     closer = threading.Thread(target=sup.close)
     closer.start()
-    wait_until(lambda: sup._closing)
+    wait_until(lambda: sup.lifecycle.closing)
     engines.hold.set()
     closer.join(10)
     assert not closer.is_alive()
@@ -192,7 +193,7 @@ def test_every_restart_is_made_by_one_thread_that_outlives_it(start_supervisor):
     for n in (1, 2):
         engines.engines[-1].proc.end(-9)
         engine = engines.wait_for(n + 1)
-        wait_until(lambda: sup.state == "ready" and sup._engine.ready is not None)
+        wait_until(lambda: sup.state == "ready" and sup.lifecycle.engine.ready is not None)
     spawners = {e.spawned_by for e in engines.engines[1:]}
     assert len(spawners) == 1
     [keeper] = spawners
@@ -212,7 +213,7 @@ def test_a_restart_that_never_gets_ready_is_given_up_and_waiting_jobs_end(start_
     job, sink = submit(sup, "waits")
     assert ended(job).state is JobState.FAILED and code_of(job) == "ENGINE_UNAVAILABLE"
     assert sup.state == "failed" and "3 times in a row" in sup.reason and "not ready within 0.2 s" in sup.reason
-    assert len(engines.engines) == 1 + supervisor.MAX_FAILED_STARTS
+    assert len(engines.engines) == 1 + lifecycle.MAX_FAILED_STARTS
     assert all(e.proc.ended for e in engines.engines)  # each one killed at its deadline
     [terminal] = sink.terminal()
     assert terminal.data["code"] == "ENGINE_UNAVAILABLE"
@@ -228,7 +229,7 @@ def test_a_first_start_past_its_deadline_fails_the_start():
 
 
 def test_a_frame_the_front_cannot_read_is_the_engines_death(start_supervisor):
-    def garbles(engine: FakeEngine, message: dict) -> None:
+    def garbles(engine: FakeEngine, message: RunRequest) -> None:
         engine.started(message)
         engine.token(message, 1)
         engine.channel.send_frame(b"M\x00 not a pickle")
@@ -294,7 +295,7 @@ def test_tokenizing_on_the_loop_takes_no_thread_while_the_engine_is_ready(start_
     sup = start_supervisor(FakeEngines())
     tokens, asked = tokenize_on_loop(sup)
     assert tokens == TOKENS and asked == []
-    assert not sup._requests  # nothing left behind
+    assert sup.client.pending == 0  # nothing left behind
 
 
 def test_tokenizing_on_the_loop_asks_the_next_engine_when_this_one_dies(start_supervisor):
@@ -303,7 +304,7 @@ def test_tokenizing_on_the_loop_asks_the_next_engine_when_this_one_dies(start_su
     tokens, asked = tokenize_on_loop(sup)
     assert tokens == TOKENS
     assert asked == [sup.tokenize]  # the wait for the successor is a thread's
-    assert len(engines.engines) == 2 and not sup._requests
+    assert len(engines.engines) == 2 and sup.client.pending == 0
 
 
 def test_engine_process_start_closes_its_socket_when_popen_fails(monkeypatch, tmp_path):

@@ -138,7 +138,7 @@ def _never() -> None:
 
 
 def _hang_in_c() -> None:
-    from worker_orcd import native
+    from worker_orcd.channel import native
 
     native.library().orcd_hang_in_c()
 

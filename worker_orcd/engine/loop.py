@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+from msgspec.structs import replace
 
-from worker_orcd import native
+from worker_orcd.channel import native
+from worker_orcd.channel.frames import Channel
+from worker_orcd.channel.messages import Done, RunFacts, Sampling, Started, Stopped, StopReason
 from worker_orcd.engine.contexts import ContextPool, ContextUnavailable
 from worker_orcd.engine.faults import FaultPlan, die
 from worker_orcd.engine.model import Model
@@ -33,9 +36,7 @@ from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
 from worker_orcd.engine.threads import BATCH_TRIAL_MIN_CHUNKS, Threads
 from worker_orcd.errors import ErrorCode
-from worker_orcd.jobs.job import Sampling
 from worker_orcd.log import log_event
-from worker_orcd.wire import Channel
 
 DECODE_ABORTED = 2  # llama_decode's return value when the abort callback fired
 SHORT_PROMPT_TOKENS = 256  # a prompt this short is most of its job's time to first token
@@ -52,19 +53,6 @@ class Run:
     prompt_tokens: list[int]
     sampling: Sampling
     flag_address: int  # the run's word on the cancel board, in this process
-
-
-@dataclass(slots=True)
-class _Facts:
-    """How generation stopped, before memory is released."""
-
-    stop_reason: str | None = None  # eos | max_tokens | stop
-    stopped_at: float | None = None  # perf_counter() when the raised word was seen
-    error_code: ErrorCode | None = None
-    error_message: str = ""
-    tokens_out: int = 0
-    prompt_ms: float = 0.0
-    decode_ms: float = 0.0
 
 
 class InferenceLoop:
@@ -111,37 +99,29 @@ class InferenceLoop:
                 facts = self._run(run)
             except Exception as exc:  # a bug or an engine fault: report it, keep the engine
                 log_event("job_internal_error", job_id=run.job_id, error=repr(exc))
-                facts = _Facts(error_code=ErrorCode.INTERNAL, error_message=f"inference failed: {exc}")
-            self.channel.send(
-                {
-                    "kind": "done",
-                    "run": run.number,
-                    "stop_reason": facts.stop_reason,
-                    "stopped_at": facts.stopped_at,
-                    "freed_at": time.perf_counter(),
-                    "error_code": facts.error_code.value if facts.error_code else None,
-                    "error_message": facts.error_message,
-                    "tokens_out": facts.tokens_out,
-                    "prompt_ms": round(facts.prompt_ms, 3),
-                    "decode_ms": round(facts.decode_ms, 3),
-                    "threads": self.threads.health(),
-                }
+                facts = RunFacts(error_code=ErrorCode.INTERNAL, error_message=f"inference failed: {exc}")
+            freed = replace(
+                facts,
+                freed_at=time.perf_counter(),
+                prompt_ms=round(facts.prompt_ms, 3),
+                decode_ms=round(facts.decode_ms, 3),
             )
+            self.channel.send(Done(run.number, freed, self.threads.health()))
             self.pool.refill()  # after the run: one that ended early still leaves a spare
 
-    def _run(self, run: Run) -> _Facts:
+    def _run(self, run: Run) -> RunFacts:
         word = ctypes.c_int.from_address(run.flag_address)  # `.value` is one load of the word
         if self.faults.context_fails(run.job_id):
             self._started(run)
-            return _Facts(error_code=self._oom_code(), error_message="injected fault: the context could not be made")
+            return RunFacts(error_code=self._oom_code(), error_message="injected fault: the context could not be made")
         try:
             ctx = self.pool.take(lambda: word.value != 0, refill=self._spare_during_prompt(run))
         except ContextUnavailable as exc:
             self._started(run)  # the job did start: its stream opens with `started`
-            return _Facts(error_code=self._oom_code(), error_message=str(exc))
+            return RunFacts(error_code=self._oom_code(), error_message=str(exc))
         self._started(run)
         if ctx is None:  # cancelled while its context was still being made: nothing to free
-            return self._stopped(run, _Facts())
+            return self._stopped(run, RunFacts())
         sampler = 0
         try:
             llama_cpp.llama_set_abort_callback(ctx, self._abort_callback, run.flag_address)
@@ -149,7 +129,7 @@ class InferenceLoop:
             facts = self._generate(run, word, ctx, sampler)
         except Exception as exc:
             log_event("job_internal_error", job_id=run.job_id, error=repr(exc))
-            facts = _Facts(error_code=ErrorCode.INTERNAL, error_message=f"inference failed: {exc}")
+            facts = RunFacts(error_code=ErrorCode.INTERNAL, error_message=f"inference failed: {exc}")
         finally:
             if sampler:
                 free_sampler(sampler)
@@ -157,12 +137,12 @@ class InferenceLoop:
         return facts
 
     def _started(self, run: Run) -> None:
-        self.channel.send({"kind": "started", "run": run.number})
+        self.channel.send(Started(run.number))
 
-    def _stopped(self, run: Run, facts: _Facts) -> _Facts:
+    def _stopped(self, run: Run, facts: RunFacts) -> RunFacts:
         """The loop saw the raised word: say so at once (the front's deadline watches for it)."""
-        facts.stopped_at = time.perf_counter()
-        self.channel.send({"kind": "stopped", "run": run.number, "at": facts.stopped_at})
+        facts = replace(facts, stopped_at=time.perf_counter())
+        self.channel.send(Stopped(run.number, facts.stopped_at))
         if self.faults.dies_on_cancel(run.job_id):  # tests only: a crash before the context is freed
             die()
         return facts
@@ -179,7 +159,7 @@ class InferenceLoop:
 
     # -- generation: the hot path ----------------------------------------------------------
 
-    def _generate(self, run: Run, word: Any, ctx: int, sampler: int) -> _Facts:
+    def _generate(self, run: Run, word: Any, ctx: int, sampler: int) -> RunFacts:
         decode = self.faults.decode_for(run.job_id, llama_cpp.llama_decode)
         batch_get_one = llama_cpp.llama_batch_get_one
         clock = time.perf_counter
@@ -197,13 +177,13 @@ class InferenceLoop:
         try_fewer = n_prompt >= BATCH_TRIAL_MIN_CHUNKS * self.prefill_chunk
         for start in range(0, n_prompt, self.prefill_chunk):
             if word.value:
-                return self._stopped(run, _Facts())
+                return self._stopped(run, RunFacts())
             n = min(self.prefill_chunk, n_prompt - start)
             making = pool.making
             began = clock()
             rc = decode(ctx, batch_get_one(ctypes.cast(base + start * _TOKEN_SIZE, _TOKEN_P), n))
             if rc != 0:
-                return self._decode_failed(run, rc, _Facts())
+                return self._decode_failed(run, rc, RunFacts())
             # A step that shared the cores with the spare's making says nothing of its count.
             if not (making or pool.making) and per_chunk.observe((clock() - began) / n, try_fewer) != n_chunk:
                 n_chunk = per_chunk.current
@@ -226,10 +206,10 @@ class InferenceLoop:
         sent = 0
         while True:
             if word.value:
-                return self._stopped(run, _Facts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
+                return self._stopped(run, RunFacts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
             token = sample(sampler, ctx, -1)
             if token in eog:
-                reason = "eos"
+                reason = StopReason.EOS
                 break
             n_out += 1
             text = utf8(piece(token))
@@ -241,10 +221,10 @@ class InferenceLoop:
                 if sent == 1:  # the first token is out: the next spare may take a core now
                     self.pool.refill()
             if stops is not None and stops.stopped:
-                reason = "stop"
+                reason = StopReason.STOP
                 break
             if n_out >= max_tokens:
-                reason = "max_tokens"
+                reason = StopReason.MAX_TOKENS
                 break
             if n_out == fault_at:  # tests only: stuck in C deaf to the word, or dead as on a CUDA error
                 fault()
@@ -253,27 +233,26 @@ class InferenceLoop:
             began = clock()
             rc = decode(ctx, next_batch)
             if rc != 0:
-                return self._decode_failed(run, rc, _Facts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
+                return self._decode_failed(run, rc, RunFacts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
             if not (making or pool.making) and observe(clock() - began) != n_token:
                 n_token = per_token.current
                 set_threads(ctx, n_token, n_chunk)
-        if stops is not None and reason != "stop":
+        if stops is not None and reason is not StopReason.STOP:
             tail = stops.flush()
             if tail:
                 send_token(number, n_out, tail)
-        return _Facts(
+        return RunFacts(
             stop_reason=reason, tokens_out=n_out, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, clock())
         )
 
-    def _decode_failed(self, run: Run, rc: int, facts: _Facts) -> _Facts:
+    def _decode_failed(self, run: Run, rc: int, facts: RunFacts) -> RunFacts:
         # Only the run's own abort callback makes llama_decode return "aborted",
         # and it fires only once the front has raised the word: a cancel, never
         # an engine failure.
         if rc == DECODE_ABORTED:
             return self._stopped(run, facts)
-        facts.error_code = ErrorCode.CUDA_ERROR if self.model.info.backend == "cuda" and rc < 0 else ErrorCode.INTERNAL
-        facts.error_message = f"llama_decode failed with status {rc}"
-        return facts
+        code = ErrorCode.CUDA_ERROR if self.model.info.backend == "cuda" and rc < 0 else ErrorCode.INTERNAL
+        return replace(facts, error_code=code, error_message=f"llama_decode failed with status {rc}")
 
     def _oom_code(self) -> ErrorCode:
         return ErrorCode.VRAM_OOM if self.model.info.backend == "cuda" else ErrorCode.INTERNAL

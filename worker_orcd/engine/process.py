@@ -21,13 +21,22 @@ import dataclasses
 import os
 import signal
 import sys
-from typing import Any
 
 from worker_orcd import log
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel.cancel_board import CancelBoard
+from worker_orcd.channel.frames import Channel
+from worker_orcd.channel.messages import (
+    EngineFailed,
+    EngineReady,
+    Exit,
+    ModelInfo,
+    PrefillChunk,
+    RunRequest,
+    Tokenize,
+    Tokens,
+)
 from worker_orcd.engine.parent import die_with_parent
 from worker_orcd.settings import engine as engine_settings
-from worker_orcd.wire import Channel
 
 GIL_SWITCH_SEC = 0.0005  # a thread back from llama.cpp waits at most this for the GIL
 
@@ -74,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     from worker_orcd.engine.loop import InferenceLoop, Run
     from worker_orcd.engine.threads import Threads
     from worker_orcd.engine.model import Model, ModelLoadError
-    from worker_orcd.jobs.job import Sampling
 
     faults = FaultPlan.from_env()
     faults.at_start()
@@ -99,67 +107,59 @@ def main(argv: list[str] | None = None) -> int:
         pool = ContextPool(model, settings, spare=config.spare_context)
         log.log_event("spare_context", **pool.spare.health())
     except (ModelLoadError, ContextUnavailable, ValueError, RuntimeError) as exc:
-        channel.send({"kind": "failed", "message": str(exc)})
+        channel.send(EngineFailed(str(exc)))
         return 1
     threads = Threads.choose(config.threads, fixed=bool(config.n_threads))
     loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, threads=threads, faults=faults)
     loop.start()
     info = model.info
     channel.send(
-        {
-            "kind": "ready",
-            "pid": os.getpid(),
-            "model": {
-                "name": info.name,
-                "path": info.path,
-                "size_bytes": info.size_bytes,
-                "quant_kind": info.quant_kind,
-                "tokenizer_kind": info.tokenizer_kind,
-                "vocab_size": info.vocab_size,
-                "n_ctx_train": info.n_ctx_train,
-                "backend": info.backend,
-                "gpu_layers": info.gpu_layers,
-                "chat_template": info.chat_template,
-                "bos_token": info.bos_token,
-                "eos_token": info.eos_token,
-                "bos_id": info.bos_id,
-            },
-            "gpu": model.device.describe() if model.device is not None else None,
-            "prefill_chunk": chunk.health(),
-            "spare_context": pool.spare.health(),
-            "flash_attn": config.flash_attn,
-            "cpu_extra_buffers": extra.health(),
-            "context_make_ms": pool.last_make_ms,
-            "threads": threads.health(),
-            "nice": config.engine_nice,
-        }
+        EngineReady(
+            pid=os.getpid(),
+            model=ModelInfo(
+                name=info.name,
+                path=info.path,
+                size_bytes=info.size_bytes,
+                quant_kind=info.quant_kind,
+                tokenizer_kind=info.tokenizer_kind,
+                vocab_size=info.vocab_size,
+                n_ctx_train=info.n_ctx_train,
+                backend=info.backend,
+                gpu_layers=info.gpu_layers,
+                chat_template=info.chat_template,
+                bos_token=info.bos_token,
+                eos_token=info.eos_token,
+                bos_id=info.bos_id,
+            ),
+            prefill_chunk=PrefillChunk(**chunk.health()),
+            flash_attn=config.flash_attn,
+            gpu=model.device.describe() if model.device is not None else None,
+            spare_context=pool.spare.health(),
+            cpu_extra_buffers=extra.health(),
+            threads=threads.health(),
+            context_make_ms=pool.last_make_ms,
+            nice=config.engine_nice,
+        )
     )
     try:
         while True:
             try:
-                message: Any = channel.recv()
+                message = channel.recv()
             except (EOFError, OSError):
                 break  # the front has gone
-            kind = message.get("kind")
-            if kind == "tokenize":
-                channel.send(
-                    {
-                        "kind": "tokens",
-                        "request": message["request"],
-                        "tokens": [model.tokenize(t, add_special=s) for t, s in message["texts"]],
-                    }
-                )
-            elif kind == "run":
+            if isinstance(message, Tokenize):
+                channel.send(Tokens(message.request, [model.tokenize(t, add_special=s) for t, s in message.texts]))
+            elif isinstance(message, RunRequest):
                 loop.submit(
                     Run(
-                        number=message["run"],
-                        job_id=message["job_id"],
-                        prompt_tokens=message["prompt_tokens"],
-                        sampling=Sampling(**message["sampling"]),
-                        flag_address=board.address(message["slot"]),
+                        number=message.run,
+                        job_id=message.job_id,
+                        prompt_tokens=message.prompt_tokens,
+                        sampling=message.sampling,
+                        flag_address=board.address(message.slot),
                     )
                 )
-            elif kind == "exit":
+            elif isinstance(message, Exit):
                 break
     finally:
         # The run in progress ends first: the model is never freed under a decode.

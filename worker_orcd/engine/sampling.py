@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import llama_cpp
 
-from worker_orcd.jobs.job import Sampling
+from worker_orcd.channel.messages import Sampling
 
 PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over
 SEED_MODULUS = 0xFFFFFFFF  # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random"

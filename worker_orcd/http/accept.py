@@ -16,9 +16,10 @@ from starlette.requests import Request
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.offload import offload_of
-from worker_orcd.http.sse import EventChannel, EventStream, encode_events
+from worker_orcd.http.sse import EventStream, encode_events
 from worker_orcd.http.validation import ExecuteRequest, check_token_limits
 from worker_orcd.jobs.cancel_flag import CancelReason
+from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.jobs.events import Event
 from worker_orcd.jobs.job import Job, Sampling
 from worker_orcd.jobs.manager import TenantBusy
@@ -63,7 +64,7 @@ async def accept(
         raise job_exists(req.job_id)
     # The ledger's look-up (on a thread) and the engine's tokenizing (a round trip to the
     # engine process, which has the vocabulary) overlap: both stand before the first token.
-    in_ledger = asyncio.ensure_future(offload.ledger_call(worker.ledger.exists, tenant, req.job_id))
+    in_ledger = asyncio.ensure_future(offload.ledger_call(worker.on_record, tenant, req.job_id))
     try:
         prompt_tokens, stop_tokens = await worker.tokenize_on_loop(req.prompt, req.stop, offload.engine_call)
     except EngineUnavailable as exc:
@@ -84,8 +85,8 @@ async def accept(
         req,
         len(prompt_tokens),
         stop_tokens,
-        n_ctx=worker.config.n_ctx,
-        vocab_size=model["vocab_size"],
+        n_ctx=worker.n_ctx,
+        vocab_size=model.vocab_size,
     )
     channel = EventChannel(asyncio.get_running_loop())
     job = Job(
@@ -100,7 +101,7 @@ async def accept(
             seed=req.seed,
             stop=req.stop,
         ),
-        model=model["name"],
+        model=model.name,
         correlation_id=correlation_id_of(request),
         tenant=tenant,
         sink=channel.put,
@@ -196,7 +197,6 @@ def cancel_on_disconnect(job: Job, worker: Worker) -> None:
     if job.state.terminal or job.cancel_requested:
         return
     phase = worker.cancel_job(job, CancelReason.DISCONNECT)
-    worker.metrics.cancel_requested(phase)
     log_event(
         "cancel_request",
         job_id=job.job_id,

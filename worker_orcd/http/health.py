@@ -17,7 +17,7 @@ from worker_orcd.worker import Worker
 def health_for(worker: Worker, tenant: str | None, operator: bool) -> dict[str, Any]:
     health = worker.health()
     # Read once: the id shown and the owner checked must be the same job's.
-    active = worker.engine.active
+    active = worker.active_job
     ready = worker.ready
     if tenant is None:
         return {"status": health["status"], "ready": ready}

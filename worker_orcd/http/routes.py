@@ -53,7 +53,7 @@ async def execute(request: Request) -> EventStream:
         req = parse_execute(await _json_body(request))
         job, channel = await accept(request, worker, req)
     except RequestError:
-        worker.metrics.rejected()
+        worker.rejected()
         raise
     return stream_response(job, channel, worker)
 
@@ -65,7 +65,6 @@ async def cancel(request: Request) -> JSONResponse:
     # An unknown id's cancel is kept for an execute still on its way (WO-CANCEL-12).
     phase = worker.cancel(tenant, job_id, CancelReason.CLIENT)
     job = worker.find(tenant, job_id)
-    worker.metrics.cancel_requested(phase)
     fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
     if job is not None:  # the cancel request has its own id; the job's links the two
         fields["job_correlation_id"] = job.correlation_id
@@ -86,7 +85,7 @@ async def get_job(request: Request) -> JSONResponse:
     worker = _worker(request)
     tenant = tenant_of(request)
     job = worker.find(tenant, job_id)
-    record = job.snapshot() if job is not None else await offload_of(request).ledger_call(worker.ledger.get, tenant, job_id)
+    record = job.snapshot() if job is not None else await offload_of(request).ledger_call(worker.record_of, tenant, job_id)
     if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")
     if job is not None and record["state"] == "queued":
@@ -98,14 +97,8 @@ async def get_job(request: Request) -> JSONResponse:
 
 async def list_jobs(request: Request) -> JSONResponse:
     state, limit = parse_list_query(request.query_params)
-    ledger = _worker(request).ledger
-    tenant = tenant_of(request)
-
-    def recent() -> list[dict]:
-        ledger.flush()
-        return ledger.list(tenant, state=state, limit=limit)
-
-    return JSONResponse({"jobs": await offload_of(request).ledger_call(recent)})
+    recent = _worker(request).recent_records
+    return JSONResponse({"jobs": await offload_of(request).ledger_call(recent, tenant_of(request), state, limit)})
 
 
 async def health(request: Request) -> JSONResponse:
@@ -115,7 +108,7 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_worker(request).metrics.render(), media_type=PROMETHEUS_TEXT)
+    return Response(_worker(request).render_metrics(), media_type=PROMETHEUS_TEXT)
 
 
 async def shutdown(request: Request) -> JSONResponse:
@@ -125,7 +118,7 @@ async def shutdown(request: Request) -> JSONResponse:
         raise RequestError(
             ErrorCode.FORBIDDEN,
             "stopping the worker needs an operator key"
-            if worker.config.keyed
+            if worker.keyed
             else "a worker without keys is stopped only from its own machine (a loopback address)",
         )
     log_event("shutdown_requested", correlation_id=correlation_id_of(request), via="http")

@@ -3,7 +3,7 @@
 Two sides of the same fact:
 - the front's Python state (`raised`, `reason`, `raised_at`), which decides how
   the job ends;
-- while the job runs, a word in shared memory (`worker_orcd.cancel_board`) that
+- while the job runs, a word in shared memory (`worker_orcd.channel.cancel_board`) that
   the engine process's token loop checks before every token and llama.cpp's
   abort callback (C, no GIL) after every graph node, so a cancel can stop a
   decode half-way.
@@ -16,7 +16,7 @@ import threading
 import time
 from enum import Enum
 
-from worker_orcd import native
+from worker_orcd.channel import native
 
 
 class CancelReason(str, Enum):

@@ -12,62 +12,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import Enum
 from typing import Any, Callable
 
-from worker_orcd.errors import ErrorCode
+from worker_orcd.channel.messages import Sampling
 from worker_orcd.jobs import outcomes
 from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
 from worker_orcd.jobs.events import Event, EventSink
+from worker_orcd.jobs.outcomes import Outcome
+from worker_orcd.jobs.states import JobState, Phase
 
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
-
-
-class Phase(str, Enum):
-    """Where a job is, finer than its state: what a cancel interrupts."""
-
-    QUEUED = "queued"
-    PROMPT = "prompt"  # evaluating the prompt
-    DECODE = "decode"  # generating tokens
-    FINISHED = "finished"
+__all__ = ["Job", "JobState", "Outcome", "Phase", "Sampling", "now_iso"]
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-    seed: int
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a job ended: its terminal state and the event that says so."""
-
-    state: JobState
-    event: Event
-    stop_reason: str | None = None
-    error_code: ErrorCode | None = None
-    stop_ms: float | None = None
-    cancel_ms: float | None = None
-    forced: bool = False  # a cancel the engine did not confirm in time: the process was killed
 
 
 @dataclass(eq=False)

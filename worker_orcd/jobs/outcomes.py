@@ -11,41 +11,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from worker_orcd.channel.messages import RunFacts
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs import events
 from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
-
-if TYPE_CHECKING:
-    from worker_orcd.jobs.job import Outcome
+from worker_orcd.jobs.events import Event
+from worker_orcd.jobs.states import JobState
 
 ENGINE_FAILED_MESSAGE = "the engine process died during this job; retry it"
 
 
 @dataclass(frozen=True, slots=True)
-class RunFacts:
-    """What the engine said about a run, after freeing its context."""
+class Outcome:
+    """How a job ended: its terminal state and the event that says so."""
 
-    stop_reason: str | None = None  # eos | max_tokens | stop
-    stopped_at: float | None = None  # perf_counter() when it saw the raised flag
-    freed_at: float | None = None  # perf_counter() when its context was freed
-    error_code: str | None = None
-    error_message: str = ""
-    tokens_out: int = 0
-    decode_ms: float = 0.0
-
-    @classmethod
-    def of(cls, message: dict) -> "RunFacts":
-        return cls(
-            stop_reason=message.get("stop_reason"),
-            stopped_at=message.get("stopped_at"),
-            freed_at=message.get("freed_at"),
-            error_code=message.get("error_code"),
-            error_message=message.get("error_message") or "",
-            tokens_out=message.get("tokens_out") or 0,
-            decode_ms=message.get("decode_ms") or 0.0,
-        )
+    state: JobState
+    event: Event
+    stop_reason: str | None = None
+    error_code: ErrorCode | None = None
+    stop_ms: float | None = None
+    cancel_ms: float | None = None
+    forced: bool = False  # a cancel the engine did not confirm in time: the process was killed
 
 
 def cancel_error(reason: CancelReason) -> tuple[ErrorCode, str, bool]:
@@ -65,30 +52,24 @@ def elapsed_ms(since: float | None, until: float | None = None) -> float:
     return round(max(0.0, end - since) * 1000.0, 3)
 
 
-def of_run(flag: CancelFlag, facts: RunFacts) -> "Outcome":
+def of_run(flag: CancelFlag, facts: RunFacts) -> Outcome:
     """The end of a job the engine ran: completed, cancelled as its raiser decided, or failed."""
-    from worker_orcd.jobs.job import JobState, Outcome
-
     if facts.stopped_at is not None:
         return cancelled(flag, tokens_out=facts.tokens_out, stopped_at=facts.stopped_at)
     if facts.error_code is not None:
-        code = ErrorCode(facts.error_code)
-        return failed(code, facts.error_message, tokens_out=facts.tokens_out)
+        return failed(facts.error_code, facts.error_message, tokens_out=facts.tokens_out)
     assert facts.stop_reason is not None
+    reason = facts.stop_reason.value
     return Outcome(
-        JobState.COMPLETED,
-        events.end(facts.tokens_out, facts.decode_ms, facts.stop_reason),
-        stop_reason=facts.stop_reason,
+        JobState.COMPLETED, events.end(facts.tokens_out, facts.decode_ms, reason), stop_reason=reason
     )
 
 
 def cancelled(
     flag: CancelFlag, *, tokens_out: int, stopped_at: float | None, forced: bool = False
-) -> "Outcome":
+) -> Outcome:
     """A stop at the raised flag: `stop_ms` from the raise to the stop, `cancel_ms` to now
     (memory already freed). A queued job stops at 0."""
-    from worker_orcd.jobs.job import JobState, Outcome
-
     code, message, retriable = cancel_error(flag.reason or CancelReason.CLIENT)
     raised_at = flag.raised_at
     stop_ms = 0.0 if stopped_at is None else elapsed_ms(raised_at, stopped_at)
@@ -104,10 +85,8 @@ def cancelled(
     )
 
 
-def failed(code: ErrorCode, message: str, *, tokens_out: int = 0) -> "Outcome":
+def failed(code: ErrorCode, message: str, *, tokens_out: int = 0) -> Outcome:
     """An engine failure: retriable unless it is a bug of ours (INTERNAL)."""
-    from worker_orcd.jobs.job import JobState, Outcome
-
     return Outcome(
         JobState.FAILED,
         events.error(code, message, code is not ErrorCode.INTERNAL, tokens_out=tokens_out),
@@ -115,5 +94,5 @@ def failed(code: ErrorCode, message: str, *, tokens_out: int = 0) -> "Outcome":
     )
 
 
-def engine_failed(message: str = ENGINE_FAILED_MESSAGE, *, tokens_out: int = 0) -> "Outcome":
+def engine_failed(message: str = ENGINE_FAILED_MESSAGE, *, tokens_out: int = 0) -> Outcome:
     return failed(ErrorCode.ENGINE_FAILED, message, tokens_out=tokens_out)

@@ -27,11 +27,11 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from worker_orcd.cancel_board import CancelBoard
+from worker_orcd.channel.cancel_board import CancelBoard
+from worker_orcd.channel.frames import Channel
 from worker_orcd.config import WorkerConfig
 from worker_orcd.log import log_event
 from worker_orcd.settings import engine
-from worker_orcd.wire import Channel
 
 TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=131072"
 

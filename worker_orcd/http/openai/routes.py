@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from msgspec.structs import asdict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -71,10 +72,10 @@ async def list_models(request: Request) -> JSONResponse:
 
 def _model_card(worker: Worker) -> dict[str, Any]:
     try:
-        created = int(worker.config.model_path.stat().st_mtime)
+        created = int(worker.model_path.stat().st_mtime)
     except OSError:
         created = 0
-    return {"id": worker.model["name"], "object": "model", "created": created, "owned_by": OWNED_BY}
+    return {"id": worker.model.name, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
 async def _complete(request: Request, kind: str) -> Response:
@@ -88,14 +89,14 @@ async def _complete(request: Request, kind: str) -> Response:
             request, worker, req.to_execute(job_id, prompt), adjust=adjust, log_fields=log_fields
         )
     except RequestError as exc:
-        worker.metrics.rejected()
+        worker.rejected()
         return from_request_error(exc, kind).response()
     except OpenAIError as exc:
-        worker.metrics.rejected()
+        worker.rejected()
         return exc.response()
 
     created = int(time.time())
-    model = worker.model["name"]
+    model = worker.model.name
     headers = {REQUEST_ID_HEADER: job_id}
     if req.stream:
         encoder = StreamEncoder(kind, job_id, created, model, job.prompt_token_count, req.include_usage)
@@ -119,21 +120,21 @@ async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIR
         raise invalid(f"The request body could not be parsed: {exc.message}", None, "invalid_json") from None
     req = parse_chat(body) if kind == CHAT else parse_completion(body)
     model = worker.model
-    check_model(req.model, model["name"])
+    check_model(req.model, model.name)
     job_id = request_id(request.headers, kind)
     if kind != CHAT:
         return req, job_id, req.prompt, None
 
-    source = model.get("chat_template")
+    source = model.chat_template
     if not source:
         raise invalid(
-            f"The model '{model['name']}' has no chat template (tokenizer.chat_template in its GGUF "
+            f"The model '{model.name}' has no chat template (tokenizer.chat_template in its GGUF "
             "file), so messages cannot be made into a prompt; use /v1/completions with a prompt "
             "formatted for the model.",
             "messages",
             "chat_template_missing",
         )
-    special = special_tokens_of(model) if uses_special_tokens(source) else NO_SPECIAL_TOKENS
+    special = special_tokens_of(asdict(model)) if uses_special_tokens(source) else NO_SPECIAL_TOKENS
     try:
         prompt = await render_off_loop(source, req.messages, special)
     except ChatTemplateError as exc:

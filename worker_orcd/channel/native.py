@@ -40,4 +40,3 @@ def library() -> ctypes.CDLL:
 def abort_callback_address() -> int:
     """Address of `bool orcd_abort_callback(void *flag)`, for llama_set_abort_callback."""
     return ctypes.cast(library().orcd_abort_callback, ctypes.c_void_p).value or 0
-

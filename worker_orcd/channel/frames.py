@@ -1,15 +1,10 @@
-"""What the front and the engine process say to each other, over one socket pair.
+"""Frames between the front and the engine process, over one socket pair.
 
 Every message is one frame (`multiprocessing.connection` framing: a 4-byte
 big-endian length, then the bytes). A streamed token, the only message per
 token, is packed by hand: `T`, the run's number, the model tokens so far and
-the text. Everything else is rare (a few per job) and pickled.
-
-Front → engine: `tokenize`, `run`, `exit`. A cancel is no message: the front
-raises the job's word on the cancel board, which the engine reads.
-Engine → front: `ready` or `failed` (at start), `tokens` (a tokenize answer),
-`started`, token frames, `stopped` (the loop saw the flag), `done` (the run's
-facts, sent after its context was freed).
+the text. Everything else (`channel.messages`, a few per job) is `M` and the
+message in msgpack, through one encoder and one decoder of the tagged union.
 
 The engine reads its end with `Channel.recv`; the front reads its end on its
 event loop (`Channel.read_available`): whatever has arrived, every frame of it,
@@ -20,13 +15,16 @@ from __future__ import annotations
 
 import array
 import fcntl
-import pickle
 import socket
 import struct
 import termios
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, Union
+from typing import Union
+
+import msgspec
+
+from worker_orcd.channel.messages import Message
 
 TOKEN = b"T"
 MESSAGE = b"M"
@@ -35,15 +33,20 @@ _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")  # after a length of -1 (frames of 2 GiB or more)
 READ_BYTES = 1 << 16
 
-Message = Union[dict[str, Any], tuple[int, int, str]]
+Token = tuple[int, int, str]  # run, model tokens so far, text
+Frame = Union[Message, Token]
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Message).decode
 
 
-def decode(frame: bytes) -> Message:
-    """A frame's message: a dict, or (run, tokens_out, text) for a token."""
+def decode(frame: bytes) -> Frame:
+    """A frame's message, or (run, tokens_out, text) for a token. Raises
+    msgspec.DecodeError (a ValueError) for a frame that is neither."""
     if frame[:1] == TOKEN:
         _, run, tokens_out = _TOKEN_HEAD.unpack_from(frame)
         return run, tokens_out, frame[_TOKEN_HEAD.size :].decode("utf-8")
-    return pickle.loads(frame[1:])
+    return _decode(memoryview(frame)[1:])
 
 
 class Channel:
@@ -58,8 +61,8 @@ class Channel:
     def fileno(self) -> int:
         return self._conn.fileno()
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = MESSAGE + pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    def send(self, message: Message) -> None:
+        data = MESSAGE + _encode(message)
         with self._send_lock:
             self._conn.send_bytes(data)
 
@@ -77,7 +80,7 @@ class Channel:
         """The next frame as it is, waiting for it (the engine's settings, sent first)."""
         return self._conn.recv_bytes()
 
-    def recv(self) -> Message:
+    def recv(self) -> Frame:
         """The next message, waiting for it. Raises EOFError (or OSError) once the other
         process has gone."""
         return decode(self._conn.recv_bytes())
