@@ -120,7 +120,7 @@ def running_engine(tmp_path, *, timeout_sec: float) -> Iterator[tuple[JobManager
     try:
         prompts = supervisor.tokenize([(prompt, True) for prompt in PROMPTS])
         assert max(map(len, prompts)) + MAX_TOKENS <= N_CTX
-        yield manager, ledger, prompts, supervisor.model["backend"]
+        yield manager, ledger, prompts, supervisor.model.backend
     finally:
         manager.queue.close()
         assert supervisor.join(timeout=30)
