@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import WorkerProcess
+from testkit.worker import WorkerProcess
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from tests.e2e.helpers import CORRELATION_HEADER, assert_error, uid
-from tests.support import CHAT, WorkerProcess
+from testkit.prompts import CHAT
+from testkit.streams import assert_error, uid
+from testkit.worker import WorkerProcess
+from tests.e2e.helpers import CORRELATION_HEADER
 
 MAX_BODY = 8192
 PROMPT = CHAT.format("Say hi.")
