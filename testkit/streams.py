@@ -12,6 +12,8 @@ import httpx
 from testkit.waiting import wait_until
 from testkit.wire import WireEvent, iter_events
 
+CORRELATION_HEADER = "X-Correlation-Id"
+
 
 class Server(Protocol):
     """What a stream needs of a server: a client on its address (a worker, a Ray Serve app)."""

@@ -12,7 +12,6 @@ from testkit.prompts import CHAT, LONG_ANSWER_PROMPT, LONG_PROMPT
 from testkit.waiting import wait_until
 from testkit.worker import WorkerProcess
 
-CORRELATION_HEADER = "X-Correlation-Id"
 
 
 def long_answer_job(job_id: str, max_tokens: int = 1500) -> dict[str, Any]:

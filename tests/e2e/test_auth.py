@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from testkit.prompts import CHAT
-from testkit.streams import StreamThread, assert_error, cancel, job_of, terminal, uid
+from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, job_of, terminal, uid
 from testkit.wire import execute
 from testkit.worker import WorkerProcess
-from tests.e2e.helpers import CORRELATION_HEADER
 
 ALICE = {"Authorization": "Bearer alice-token-1f2e"}
 BOB = {"Authorization": "Bearer bob-token-9c8d"}

@@ -13,10 +13,20 @@ import time
 import pytest
 
 from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_PROMPT
-from testkit.streams import StreamThread, assert_well_formed, cancel, job_of, terminal, uid, wait_active, wait_job
+from testkit.streams import (
+    CORRELATION_HEADER,
+    StreamThread,
+    assert_well_formed,
+    cancel,
+    job_of,
+    terminal,
+    uid,
+    wait_active,
+    wait_job,
+)
 from testkit.waiting import wait_until
 from testkit.wire import execute, iter_events, text_of
-from tests.e2e.helpers import CORRELATION_HEADER, long_prompt_job
+from tests.e2e.helpers import long_prompt_job
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

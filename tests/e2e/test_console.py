@@ -21,9 +21,8 @@ import httpx
 import pytest
 
 from testkit.prompts import LONG_PROMPT, SHORT_ANSWER, SHORT_PROMPT
-from testkit.streams import StreamThread, assert_error, cancel, uid, wait_active
+from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, uid, wait_active
 from testkit.worker import WorkerProcess
-from tests.e2e.helpers import CORRELATION_HEADER
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

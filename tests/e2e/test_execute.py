@@ -8,9 +8,17 @@ import time
 import pytest
 
 from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_ANSWER, SHORT_PROMPT
-from testkit.streams import StreamThread, assert_error, assert_well_formed, cancel, job_of, terminal, uid
+from testkit.streams import (
+    CORRELATION_HEADER,
+    StreamThread,
+    assert_error,
+    assert_well_formed,
+    cancel,
+    job_of,
+    terminal,
+    uid,
+)
 from testkit.wire import execute, iter_events, text_of
-from tests.e2e.helpers import CORRELATION_HEADER
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

@@ -33,17 +33,13 @@ SMALL_RCVBUF = 4096  # a client whose receive buffer is full after 4 KiB
 
 
 @pytest.fixture(scope="module")
-def front_worker():
-    w = WorkerProcess(
-        args=[
-            "--threads", "1", "--max-queue", "4",
-            "--read-timeout-sec", str(READ_TIMEOUT),
-            "--stall-timeout-sec", str(STALL_TIMEOUT),
-            "--max-connections", str(CAP),
-        ]  # fmt: skip
-    ).start()
-    yield w
-    w.stop()
+def front_worker(shared_worker):
+    return shared_worker(
+        "--threads", "1", "--max-queue", "4",
+        "--read-timeout-sec", str(READ_TIMEOUT),
+        "--stall-timeout-sec", str(STALL_TIMEOUT),
+        "--max-connections", str(CAP),
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -8,19 +8,15 @@ import json
 import pytest
 
 from testkit.prompts import CHAT
-from testkit.streams import assert_error, uid
-from testkit.worker import WorkerProcess
-from tests.e2e.helpers import CORRELATION_HEADER
+from testkit.streams import CORRELATION_HEADER, assert_error, uid
 
 MAX_BODY = 8192
 PROMPT = CHAT.format("Say hi.")
 
 
 @pytest.fixture(scope="module")
-def small_body_worker():
-    w = WorkerProcess(args=["--threads", "1", "--max-body-bytes", str(MAX_BODY)]).start()
-    yield w
-    w.stop()
+def small_body_worker(shared_worker):
+    return shared_worker("--threads", "1", "--max-body-bytes", str(MAX_BODY))
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import re
 import socket
 
 from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
-from testkit.streams import StreamThread, assert_error, cancel, terminal, uid
+from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, terminal, uid
 from testkit.wire import execute
 from testkit.worker import WorkerProcess
-from tests.e2e.helpers import CORRELATION_HEADER
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 LEVELS = {"debug", "info", "warning", "error", "critical"}
