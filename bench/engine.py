@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.machine import describe
-from bench.harness.processes import scratch_dir, worker_server
+from bench.harness.processes import worker_server
 from bench.harness.prompts import story
-from bench.harness.rss import rss_bytes
 from bench.harness.stats import summary
 from bench.harness.worker_client import WorkerClient
+from testkit.processes import scratch_dir
+from testkit.rss import rss_bytes
 from worker_orcd.channel.frames import Channel, decode
 
 TOKEN_TEXT = " token"  # a typical piece: one short word

@@ -37,14 +37,14 @@ import time
 from pathlib import Path
 
 import httpx
-
 import llama_cpp
 
-from worker_orcd.channel import native
 from bench.harness import prompts
-from bench.harness.processes import free_port, scratch_dir, worker_server
+from bench.harness.processes import worker_server
 from bench.harness.stats import summary
 from bench.harness.worker_client import WorkerClient
+from testkit.processes import free_port, scratch_dir
+from worker_orcd.channel import native
 from worker_orcd.config import default_model_path, default_state_dir
 from worker_orcd.engine import cpu_features
 from worker_orcd.engine.contexts import CPU_UBATCH, ContextSettings, free_context, new_context

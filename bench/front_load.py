@@ -54,10 +54,11 @@ from typing import Any
 import httpx
 
 from bench.harness.machine import describe
-from bench.harness.processes import scratch_dir, worker_server
+from bench.harness.processes import worker_server
 from bench.harness.prompts import story
 from bench.harness.report import write_json
 from bench.harness.stats import summary
+from testkit.processes import scratch_dir
 from worker_orcd.client.sse import iter_events
 
 SCHEMA = "worker-orcd-front-load/1"

@@ -443,8 +443,9 @@ def bench_model(
     """One worker on the model: the harness, then VRAM around cancels, then forced cancels
     (last: each one restarts the engine)."""
     from bench.harness import prompts, vram
-    from bench.harness.processes import scratch_dir, worker_server
+    from bench.harness.processes import worker_server
     from bench.harness.worker_client import WorkerClient
+    from testkit.processes import scratch_dir
 
     name, model = spec["name"], Path(spec["file"])
     out = dict(spec)

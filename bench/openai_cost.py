@@ -34,8 +34,9 @@ from typing import Any
 import httpx
 
 from bench.harness.machine import describe
-from bench.harness.processes import scratch_dir, worker_server
+from bench.harness.processes import worker_server
 from bench.harness.stats import difference, ratio, summary
+from testkit.processes import scratch_dir
 from worker_orcd.client.sse import iter_events
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.gguf import read_value

@@ -33,11 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-
 from bench.harness.machine import describe, load_average
-from bench.harness.processes import free_port
 from bench.harness.stats import percentile, ratio, summary
 from bench.harness.worker_client import WorkerClient
+from testkit.processes import free_port
 from worker_orcd.client.sse import SseEvent
 
 SHORT_PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

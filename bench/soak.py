@@ -36,12 +36,15 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
-from bench.harness.processes import scratch_dir, worker_server
-from bench.harness.rss import rss_bytes
+from bench.harness.processes import worker_server
+from testkit.processes import scratch_dir
+from testkit.prompts import CHAT
+from testkit.rss import rss_bytes
+from testkit.waiting import wait_until
 from worker_orcd.client import Client as WorkerApi
 from worker_orcd.client import IncompleteStream, WorkerError
 
@@ -54,7 +57,6 @@ SCENARIOS = (
     "cancel_queued",  # POST /cancel as soon as the stream opens
     "late_cancel",  # read to the end, then cancel twice: nothing changes
 )
-CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 PROMPTS = (
     CHAT.format("What is the capital of France?"),
     CHAT.format("Write a haiku about the sea."),
@@ -69,17 +71,6 @@ HTTP_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 
 # -- the worker ---------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(POLL_S)
 
 
 class RssSampler:
@@ -109,7 +100,7 @@ def wait_idle(http: httpx.Client, timeout: float = 120) -> None:
         h = http.get("/health").json()
         return h["active_job"] is None and h["queue_depth"] == 0
 
-    wait_for(idle, timeout, "worker idle")
+    wait_until(idle, timeout, POLL_S, "worker idle")
 
 
 def idle_rss(pid: int) -> int:
@@ -123,7 +114,7 @@ def idle_rss(pid: int) -> int:
         return abs(readings[-1] - readings[-2]) < (1 << 20)
 
     try:
-        wait_for(settled, 10, "resident memory settled")
+        wait_until(settled, 10, POLL_S, "resident memory settled")
     except TimeoutError:
         pass  # report the last reading; the flatness check then judges it
     return readings[-1]
@@ -383,7 +374,7 @@ class Client:
             return snap["state"] in ("completed", "cancelled", "failed")
 
         try:
-            wait_for(ended, timeout, f"job {run.job_id} ended")
+            wait_until(ended, timeout, POLL_S, f"job {run.job_id} ended")
         except TimeoutError:
             run.problem("stuck", f"still {snap.get('state')!r} {timeout}s after its stream")
             run.outcome = "stuck"

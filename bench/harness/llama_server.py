@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.harness.processes import ChildServer, free_port
+from testkit.processes import ChildServer, free_port
 
 
 def link_libraries(binary: Path, folder: Path) -> Path:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from bench.harness.rss import descendants, rss_bytes
 from bench.harness.worker_client import WorkerClient
+from testkit.rss import descendants, rss_bytes
 from worker_orcd.gpu.nvml import NvmlProbe
 
 

@@ -10,7 +10,8 @@ prompt has the same token count.
 
 from __future__ import annotations
 
-CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+from testkit.prompts import CHAT
+
 STORY = "{tag}. Write a long, detailed story about a dragon who learns to bake bread."
 # About 1,400 tokens with SmolLM2's tokenizer: seconds of prompt evaluation on 2 CPU cores.
 LONG_REPEAT = 466

@@ -12,12 +12,13 @@ from bench.harness import extra_buffers
 from bench.harness.bare import BareLoop
 from bench.harness.llama_server import llama_server
 from bench.harness.peer_client import PeerClient
-from bench.harness.processes import ChildServer, PeerSettings, peer_available, peer_server, scratch_dir, worker_server
+from bench.harness.processes import PeerSettings, peer_available, peer_server, worker_server
 from bench.harness.quiet import QuietGuard
-from bench.harness.rss import descendants
 from bench.harness.settings import BenchSettings, WorkerSettings, running, worker_settings
 from bench.harness.sides import Side, bare_side, client_side
 from bench.harness.worker_client import WorkerClient
+from testkit.processes import ChildServer, scratch_dir
+from testkit.rss import descendants
 from worker_orcd.config import default_model_path
 
 # Scenarios that compare the worker with each baseline.

@@ -24,9 +24,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bench.harness.rss import rss_bytes
 from bench.harness.stats import summary
 from bench.harness.worker_client import TERMINAL, OpenJob, WorkerClient
+from testkit.rss import rss_bytes
 from worker_orcd.gpu.nvml import NvmlProbe
 
 MIB = 1 << 20

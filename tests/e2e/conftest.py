@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.helpers import wait_idle
-from tests.support import WorkerProcess
+from testkit.streams import wait_idle
+from testkit.worker import WorkerProcess
 
 
 @pytest.fixture

@@ -12,18 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.helpers import (
-    StreamThread,
-    assert_error,
-    cancel,
-    job_of,
-    long_prompt_job,
-    terminal,
-    uid,
-    wait_active,
-    wait_idle,
-)
-from tests.support import CHAT, WorkerProcess, execute, wait_until
+from testkit.prompts import CHAT
+from testkit.streams import StreamThread, assert_error, cancel, job_of, terminal, uid, wait_active, wait_idle
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
+from tests.e2e.helpers import long_prompt_job
 
 ALICE = {"Authorization": "Bearer alice-access-token"}
 BOB = {"Authorization": "Bearer bob-access-token"}

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import CORRELATION_HEADER, StreamThread, assert_error, cancel, job_of, terminal, uid
-from tests.support import CHAT, WorkerProcess, execute
+from testkit.prompts import CHAT
+from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, job_of, terminal, uid
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 ALICE = {"Authorization": "Bearer alice-token-1f2e"}
 BOB = {"Authorization": "Bearer bob-token-9c8d"}

@@ -12,20 +12,21 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import (
+from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_PROMPT
+from testkit.streams import (
     CORRELATION_HEADER,
-    SHORT_PROMPT,
     StreamThread,
     assert_well_formed,
     cancel,
     job_of,
-    long_prompt_job,
     terminal,
     uid,
     wait_active,
     wait_job,
 )
-from tests.support import LONG_ANSWER_PROMPT, execute, iter_events, text_of, wait_until
+from testkit.waiting import wait_until
+from testkit.wire import execute, iter_events, text_of
+from tests.e2e.helpers import long_prompt_job
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

@@ -7,8 +7,10 @@ import asyncio
 
 import pytest
 
-from tests.e2e.helpers import SHORT_ANSWER, SHORT_PROMPT, assert_well_formed, long_prompt_job, uid, wait_job
-from tests.support import LONG_ANSWER_PROMPT, wait_until
+from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_ANSWER, SHORT_PROMPT
+from testkit.streams import assert_well_formed, uid, wait_job
+from testkit.waiting import wait_until
+from tests.e2e.helpers import long_prompt_job
 from worker_orcd.client import (
     AsyncClient,
     Client,

@@ -20,17 +20,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.e2e.helpers import (
-    CORRELATION_HEADER,
-    SHORT_ANSWER,
-    SHORT_PROMPT,
-    StreamThread,
-    assert_error,
-    cancel,
-    uid,
-    wait_active,
-)
-from tests.support import LONG_PROMPT, WorkerProcess
+from testkit.prompts import LONG_PROMPT, SHORT_ANSWER, SHORT_PROMPT
+from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, uid, wait_active
+from testkit.worker import WorkerProcess
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

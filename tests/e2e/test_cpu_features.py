@@ -12,8 +12,10 @@ import re
 
 import pytest
 
-from tests.e2e.helpers import terminal, uid
-from tests.support import CHAT, WorkerProcess, execute
+from testkit.prompts import CHAT
+from testkit.streams import terminal, uid
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 from worker_orcd.config import default_model_path
 from worker_orcd.engine import cpu_features
 from worker_orcd.engine.cpu_features import CACHE_FILE

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.helpers import StreamThread, terminal, uid
-from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess, execute
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
+from testkit.streams import StreamThread, terminal, uid
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,11 @@ import threading
 
 import pytest
 
-from tests.e2e.helpers import SHORT_PROMPT, cancel, job_of, terminal, uid
-from tests.support import WorkerProcess, execute, iter_events, wait_until
+from testkit.prompts import SHORT_PROMPT
+from testkit.streams import cancel, job_of, terminal, uid
+from testkit.waiting import wait_until
+from testkit.wire import execute, iter_events
+from testkit.worker import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

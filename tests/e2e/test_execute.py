@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import (
+from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_ANSWER, SHORT_PROMPT
+from testkit.streams import (
     CORRELATION_HEADER,
-    SHORT_ANSWER,
-    SHORT_PROMPT,
     StreamThread,
     assert_error,
     assert_well_formed,
@@ -19,7 +18,7 @@ from tests.e2e.helpers import (
     terminal,
     uid,
 )
-from tests.support import LONG_ANSWER_PROMPT, execute, iter_events, text_of
+from testkit.wire import execute, iter_events, text_of
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.helpers import assert_error, assert_well_formed, job_of, terminal, uid
-from tests.support import CHAT, LONG_ANSWER_PROMPT, LONG_PROMPT, WorkerProcess, execute, wait_until
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT, LONG_PROMPT
+from testkit.streams import assert_error, assert_well_formed, job_of, terminal, uid
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 SHORT = CHAT.format("Name a fruit.")
 # Resident memory may wobble by allocator noise; a leaked 4096-token context is ~100 MiB.

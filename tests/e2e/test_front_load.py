@@ -17,10 +17,12 @@ import pytest
 
 from bench.front_load import FrontLoadConfig, request_bytes, run_front_load
 from bench.harness.prompts import story
+from testkit.streams import StreamThread, assert_error, cancel, job_of, uid, wait_job
+from testkit.waiting import wait_until
+from testkit.worker import WorkerProcess
 from tests import raw_sockets
-from tests.e2e.helpers import StreamThread, assert_error, cancel, job_of, long_prompt_job, uid, wait_job
+from tests.e2e.helpers import long_prompt_job
 from tests.raw_sockets import as_response, read_response, read_to_end
-from tests.support import WorkerProcess, wait_until
 from worker_orcd.http.openai.params import MAX_MESSAGES
 
 READ_TIMEOUT = 1.0
@@ -31,17 +33,13 @@ SMALL_RCVBUF = 4096  # a client whose receive buffer is full after 4 KiB
 
 
 @pytest.fixture(scope="module")
-def front_worker():
-    w = WorkerProcess(
-        args=[
-            "--threads", "1", "--max-queue", "4",
-            "--read-timeout-sec", str(READ_TIMEOUT),
-            "--stall-timeout-sec", str(STALL_TIMEOUT),
-            "--max-connections", str(CAP),
-        ]  # fmt: skip
-    ).start()
-    yield w
-    w.stop()
+def front_worker(shared_worker):
+    return shared_worker(
+        "--threads", "1", "--max-queue", "4",
+        "--read-timeout-sec", str(READ_TIMEOUT),
+        "--stall-timeout-sec", str(STALL_TIMEOUT),
+        "--max-connections", str(CAP),
+    )  # fmt: skip
 
 
 @pytest.fixture

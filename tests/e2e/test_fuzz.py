@@ -37,8 +37,10 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests.e2e.helpers import assert_well_formed, terminal
-from tests.support import WorkerProcess, execute, wait_until
+from testkit.streams import assert_well_formed, terminal
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "openapi.json"
 MAX_FUZZ_TOKENS = 4  # a generated job never asks for more

@@ -7,7 +7,8 @@ import time
 import llama_cpp
 import pytest
 
-from tests.e2e.helpers import StreamThread, cancel, job_of, long_prompt_job, terminal, uid, wait_active
+from testkit.streams import StreamThread, cancel, job_of, terminal, uid, wait_active
+from tests.e2e.helpers import long_prompt_job
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

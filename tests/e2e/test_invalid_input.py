@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.e2e.helpers import assert_error, uid
-from tests.support import LONG_PROMPT
+from testkit.prompts import LONG_PROMPT
+from testkit.streams import assert_error, uid
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness.processes import free_port
-from tests.e2e.helpers import StreamThread, assert_error, cancel, job_of, terminal, uid
-from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess, execute, wait_until
+from testkit.processes import free_port
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
+from testkit.streams import StreamThread, assert_error, cancel, job_of, terminal, uid
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 ARGS = ["--threads", "1"]
 SHORT = CHAT.format("Name three colours.")

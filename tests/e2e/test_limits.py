@@ -7,18 +7,16 @@ import json
 
 import pytest
 
-from tests.e2e.helpers import CORRELATION_HEADER, assert_error, uid
-from tests.support import CHAT, WorkerProcess
+from testkit.prompts import CHAT
+from testkit.streams import CORRELATION_HEADER, assert_error, uid
 
 MAX_BODY = 8192
 PROMPT = CHAT.format("Say hi.")
 
 
 @pytest.fixture(scope="module")
-def small_body_worker():
-    w = WorkerProcess(args=["--threads", "1", "--max-body-bytes", str(MAX_BODY)]).start()
-    yield w
-    w.stop()
+def small_body_worker(shared_worker):
+    return shared_worker("--threads", "1", "--max-body-bytes", str(MAX_BODY))
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 import socket
 
-from tests.e2e.helpers import CORRELATION_HEADER, StreamThread, assert_error, cancel, terminal, uid
-from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess, execute
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
+from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, terminal, uid
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 LEVELS = {"debug", "info", "warning", "error", "critical"}

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.helpers import (
-    SHORT_PROMPT,
-    StreamThread,
-    cancel,
-    long_prompt_job,
-    terminal,
-    uid,
-    wait_active,
-    wait_idle,
-)
-from tests.support import LONG_ANSWER_PROMPT, WorkerProcess, execute, wait_until
+from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_PROMPT
+from testkit.streams import StreamThread, cancel, terminal, uid, wait_active, wait_idle
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
+from tests.e2e.helpers import long_prompt_job
 
 MiB = 1 << 20
 # Python's own allocations (jobs kept in memory, HTTP buffers) may grow a little;

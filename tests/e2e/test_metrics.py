@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.helpers import StreamThread, assert_error, cancel, terminal, uid
-from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess, execute, wait_until
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
+from testkit.streams import StreamThread, assert_error, cancel, terminal, uid
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 SHORT = CHAT.format("Name a planet.")
 

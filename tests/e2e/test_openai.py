@@ -11,8 +11,11 @@ import threading
 import openai
 import pytest
 
-from tests.e2e.helpers import assert_error, cancel, job_of, uid, wait_active, wait_job
-from tests.support import CHAT, WorkerProcess, execute, iter_events, read_events, text_of, wait_until
+from testkit.prompts import CHAT
+from testkit.streams import assert_error, cancel, job_of, uid, wait_active, wait_job
+from testkit.waiting import wait_until
+from testkit.wire import execute, iter_events, read_events, text_of
+from testkit.worker import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.helpers import (
+from testkit.streams import (
     StreamThread,
     assert_error,
     assert_well_formed,
     cancel,
     job_of,
-    long_prompt_job,
     terminal,
     uid,
     wait_active,
     wait_idle,
 )
-from tests.support import WorkerProcess, execute, wait_until
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
+from tests.e2e.helpers import long_prompt_job
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.helpers import StreamThread, assert_error, job_of, terminal, uid
-from tests.support import CHAT, LONG_ANSWER_PROMPT, WorkerProcess
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
+from testkit.streams import StreamThread, assert_error, job_of, terminal, uid
+from testkit.worker import WorkerProcess
 
 SHORT = CHAT.format("Name a colour.")
 EXIT_TIMEOUT = 60  # generous: the drain itself is bounded by the grace period

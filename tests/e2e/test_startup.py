@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.support import WorkerProcess, free_port
+from testkit.processes import free_port
+from testkit.worker import WorkerProcess
 
 
 def _serve(tmp_path, *args: str) -> subprocess.CompletedProcess:

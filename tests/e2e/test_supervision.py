@@ -16,21 +16,12 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.helpers import (
-    StreamThread,
-    assert_error,
-    cancel,
-    engine_of,
-    job_of,
-    live_children,
-    long_answer_job,
-    short_job,
-    terminal,
-    uid,
-    wait_engine,
-    wait_job,
-)
-from tests.support import WorkerProcess, execute, free_port, wait_until
+from testkit.processes import free_port
+from testkit.streams import StreamThread, assert_error, cancel, job_of, terminal, uid, wait_job
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
+from tests.e2e.helpers import engine_of, live_children, long_answer_job, short_job, wait_engine
 
 ARGS = ["--threads", "1"]
 FAULTS = "WORKER_ORCD_FAULTS"

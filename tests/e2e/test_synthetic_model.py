@@ -11,17 +11,11 @@ from __future__ import annotations
 import pytest
 
 from bench.synthetic import PRESETS, make_model
-from tests.e2e.helpers import (
-    StreamThread,
-    assert_well_formed,
-    cancel,
-    job_of,
-    terminal,
-    uid,
-    wait_active,
-    wait_idle,
-)
-from tests.support import CHAT, WorkerProcess, execute, wait_until
+from testkit.prompts import CHAT
+from testkit.streams import StreamThread, assert_well_formed, cancel, job_of, terminal, uid, wait_active, wait_idle
+from testkit.waiting import wait_until
+from testkit.wire import execute
+from testkit.worker import WorkerProcess
 
 N_CTX = 8192
 # ~7,200 tokens with the synthetic vocabulary: on one thread, in chunks of 32, its

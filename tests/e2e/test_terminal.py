@@ -15,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.e2e.helpers import SHORT_ANSWER, SHORT_PROMPT, uid, wait_job
-from tests.support import LONG_ANSWER_PROMPT, wait_until
+from testkit.prompts import LONG_ANSWER_PROMPT, SHORT_ANSWER, SHORT_PROMPT
+from testkit.streams import uid, wait_job
+from testkit.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

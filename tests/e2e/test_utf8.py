@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.e2e.helpers import job_of, uid
-from tests.support import CHAT
+from testkit.prompts import CHAT
+from testkit.streams import job_of, uid
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 

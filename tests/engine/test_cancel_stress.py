@@ -22,8 +22,8 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
 
-from tests.support import CHAT
-from tests.unit.helpers import RecordingSink
+from testkit.jobs import RecordingSink
+from testkit.prompts import CHAT
 from worker_orcd.config import WorkerConfig, default_model_path
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.events import Event

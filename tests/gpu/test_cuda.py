@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import StreamThread, cancel, terminal, uid
-from tests.support import LONG_ANSWER_PROMPT, WorkerProcess, wait_until
+from testkit.prompts import LONG_ANSWER_PROMPT
+from testkit.streams import StreamThread, cancel, terminal, uid
+from testkit.waiting import wait_until
+from testkit.worker import WorkerProcess
 from worker_orcd.gpu.nvml import NvmlProbe, VramSample
 
 pytestmark = pytest.mark.gpu

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.harness.processes import free_port
-from tests.support import wait_until
+from testkit.processes import free_port
+from testkit.waiting import wait_until
 
 # The local cluster asks its drivers for the token it made (Ray's default); a driver
 # reads this when Ray is imported.
@@ -57,7 +57,7 @@ def auth(tenant: str) -> dict[str, str]:
 
 @dataclass
 class ServeAddress:
-    """The one public address, for tests.e2e.helpers.StreamThread (which asks for `client()`)."""
+    """The one public address, for testkit.streams.StreamThread (which asks for `client()`)."""
 
     url: str
     tenant: str = "alice"

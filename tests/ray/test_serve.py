@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import StreamThread, cancel, terminal
+from testkit.prompts import CHAT, LONG_ANSWER_PROMPT
+from testkit.streams import StreamThread, cancel, terminal
+from testkit.waiting import wait_until
 from tests.ray.conftest import Cluster, import_ray
-from tests.support import CHAT, LONG_ANSWER_PROMPT, wait_until
 
 ray = import_ray()
 if ray is None:

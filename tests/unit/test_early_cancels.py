@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.unit.helpers import make_job
+from testkit.jobs import make_job
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.early_cancels import EarlyCancels
 from worker_orcd.jobs.job import JobState

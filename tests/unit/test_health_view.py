@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tests.unit.helpers import make_job
+from testkit.jobs import make_job
 from worker_orcd.http.health import health_for
 from worker_orcd.jobs.queue import JobQueue
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import worker_orcd
 
 ROOT = Path(worker_orcd.__file__).parent
@@ -127,7 +125,6 @@ def test_the_engine_process_imports_nothing_of_the_front():
             assert not {d for d in deps if d.startswith(front)}, name
 
 
-@pytest.mark.xfail(strict=True, reason="worker_orcd.cli still imports bench: its removal is on its way")
 def test_the_runtime_package_never_imports_the_benchmarks():
     importers = sorted(name for name, deps in import_graph().items() if "bench" in deps)
     assert importers == []

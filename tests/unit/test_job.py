@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.unit.helpers import cancelled, completed, failed, make_job
+from testkit.jobs import cancelled, completed, failed, make_job
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs import events
 from worker_orcd.jobs.cancel_flag import CancelReason

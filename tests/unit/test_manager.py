@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.helpers import completed, make_job
+from testkit.jobs import completed, make_job
 from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.job import JobState, Phase

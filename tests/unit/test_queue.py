@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from tests.unit.helpers import make_job
-from tests.support import wait_until
+from testkit.jobs import make_job
+from testkit.waiting import wait_until
 from worker_orcd.jobs.queue import JobQueue, QueueClosed, QueueFull
 
 

@@ -1,4 +1,4 @@
-"""Resident memory of a process tree (bench.harness.rss), as the tests and the benchmark read it."""
+"""Resident memory of a process tree (testkit.rss), as the tests and the benchmark read it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.harness import rss
+from testkit import rss
 
 MiB = 1 << 20
 # A grandchild holds 64 MiB (written, so resident) until its stdin closes.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.jobs import make_job
 from tests.unit.fake_engine import FakeEngine, FakeEngines, complete
-from tests.unit.helpers import make_job
 from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.channel.messages import RunRequest
 from worker_orcd.config import WorkerConfig, default_model_path

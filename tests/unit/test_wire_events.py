@@ -1,4 +1,4 @@
-"""The end-to-end tests' stream reader (tests.support.read_events) against a fake server:
+"""The end-to-end tests' stream reader (testkit.wire.read_events) against a fake server:
 it reads the wire to the end of the connection, so a second terminal event, or anything
 after the first, fails the assertions that claim "exactly one terminal event, last"."""
 
@@ -11,8 +11,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.e2e.helpers import StreamThread, assert_well_formed, terminal
-from tests.support import execute, read_events
+from testkit.streams import StreamThread, assert_well_formed, terminal
+from testkit.wire import execute, read_events
 
 STARTED = 'event: started\ndata: {"job_id": "j"}\n\n'
 TOKEN = 'event: token\ndata: {"t": "Hi", "i": 0}\n\n'

@@ -1,4 +1,4 @@
-"""Small builders shared by the unit tests: jobs with stub sinks, no model."""
+"""Jobs with recording sinks and ready-made outcomes, for tests that run no model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from worker_orcd.jobs import events
 from worker_orcd.jobs.events import Event
 from worker_orcd.jobs.job import Job, JobState, Outcome, Sampling
 
-SAMPLING = Sampling(
-    max_tokens=8, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=1
-)
+SAMPLING = Sampling(max_tokens=8, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=1)
 
 
 class RecordingSink:

@@ -1,7 +1,5 @@
-"""Starting the real worker and talking SSE to it, for the end-to-end tests.
-
-No sleeps as synchronisation: everything waits on a condition with a deadline.
-"""
+"""The real worker, started as `python -m worker_orcd serve` on a free port, its JSON log
+lines read from its stderr on a thread."""
 
 from __future__ import annotations
 
@@ -15,30 +13,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
-from httpx_sse import EventSource
 
-from bench.harness.processes import free_port
-from bench.harness.rss import rss_bytes
-
-CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-LONG_ANSWER_PROMPT = CHAT.format("Write a long, detailed story about a dragon who learns to bake bread.")
-# ~1,400 tokens: evaluating it takes seconds on 2 CPU cores.
-LONG_PROMPT = "Hello there, " * 466 + "tell me a story."
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
+from testkit.processes import free_port
+from testkit.rss import rss_bytes
+from testkit.waiting import wait_until
 
 
 class LogTail:
@@ -115,9 +96,7 @@ class WorkerProcess:
             *self.args,
         ]
         env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-        )
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.log = LogTail(self.proc.stderr)
         deadline = time.monotonic() + timeout
         while True:
@@ -175,44 +154,3 @@ class WorkerProcess:
             return None
 
         return wait_until(steady, timeout=30, interval=0.025)
-
-
-@dataclass(frozen=True, slots=True)
-class WireEvent:
-    """One event as the wire carried it: `name`, `raw` (its data), `data` (that data as
-    JSON) and `at` (time.perf_counter() when it was parsed)."""
-
-    name: str
-    raw: str
-    at: float
-
-    @property
-    def data(self) -> Any:
-        return json.loads(self.raw)
-
-
-def iter_events(response: httpx.Response) -> Iterator[WireEvent]:
-    """A streamed response's events as they arrive, keep-alive comments skipped.
-
-    Parsed by httpx-sse, not by the package's own reader (worker_orcd.client), which
-    stops at the first terminal event: what the tests check is what the wire carried.
-    """
-    for event in EventSource(response).iter_sse():
-        yield WireEvent(event.event, event.data, time.perf_counter())
-
-
-def read_events(response: httpx.Response) -> list[WireEvent]:
-    """Every event of a streamed response, read to the end of the connection: a second
-    terminal event, or anything after the first, is in the list for the test to see."""
-    return list(iter_events(response))
-
-
-def execute(client: httpx.Client, body: dict[str, Any], **kwargs: Any) -> list[WireEvent]:
-    """POST /execute and read the stream to the end of the connection."""
-    with client.stream("POST", "/execute", json=body, **kwargs) as response:
-        assert response.status_code == 200, response.read()
-        return read_events(response)
-
-
-def text_of(events: list[WireEvent]) -> str:
-    return "".join(e.data["t"] for e in events if e.name == "token")
