@@ -102,7 +102,7 @@ class Error:
 class OtherEvent:
     """An event this client does not know (a newer worker's); passed on, not dropped."""
 
-    name: str  # type: ignore[misc]  # an instance field here, a class constant elsewhere
+    name: str  # an instance field here, a class constant elsewhere
     data: Any = field(default=None, compare=False)
     at: float = field(default=0.0, compare=False)
     terminal: ClassVar[bool] = False

@@ -22,7 +22,7 @@ def health_for(worker: Worker, tenant: str | None, operator: bool) -> dict[str, 
     if tenant is None:
         return {"status": health["status"], "ready": ready}
     own = active is not None and (operator or active.tenant == tenant)
-    health["active_job"] = active.job_id if own else None
+    health["active_job"] = active.job_id if active is not None and own else None
     health["busy"] = active is not None
     health["ready"] = ready
     return health

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -65,7 +66,7 @@ async def cancel(request: Request) -> JSONResponse:
     # An unknown id's cancel is kept for an execute still on its way (WO-CANCEL-12).
     phase = worker.cancel(tenant, job_id, CancelReason.CLIENT)
     job = worker.find(tenant, job_id)
-    fields = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
+    fields: dict[str, Any] = {"job_id": job_id, "correlation_id": correlation_id_of(request), "tenant": tenant}
     if job is not None:  # the cancel request has its own id; the job's links the two
         fields["job_correlation_id"] = job.correlation_id
     if job is None and worker.owned_by_other(tenant, job_id):

@@ -155,6 +155,7 @@ def parse_execute(body: dict[str, Any]) -> ExecuteRequest:
     if problems:
         raise invalid(problems)
     seed_generated = seed is None
+    assert isinstance(job_id, str) and isinstance(prompt, str)  # else a problem was raised above
     return ExecuteRequest(
         job_id=job_id,
         prompt=prompt,
@@ -224,7 +225,7 @@ def plain_decimal(text: str | bytes) -> int | None:
     """
     if not text or not text.isascii() or not text.isdigit():
         return None
-    significant = text.lstrip(b"0" if isinstance(text, bytes) else "0")
+    significant = text.lstrip(b"0") if isinstance(text, bytes) else text.lstrip("0")
     if len(significant) > MAX_DECIMAL_DIGITS:
         return 10**MAX_DECIMAL_DIGITS
     return int(significant or "0")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker_orcd.serve_ray.cluster import NAMESPACE, directory_name
 
     if args.address:
-        ray.init(address=args.address, logging_level="warning", log_to_driver=False)
+        ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
     else:
         # Ray starts its workers at nice 15, below every ordinary process of the machine:
         # the proxy, the router and the workers' fronts would wait behind any of them (a
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(
             num_cpus=max(os.cpu_count() or 1, needed),
             include_dashboard=False,
-            logging_level="warning",
+            logging_level=logging.WARNING,
             log_to_driver=False,
         )
     # After ray.init, which installs handlers of its own: a signal here stops serving cleanly.
@@ -160,7 +161,7 @@ def _log_dir() -> str:
     try:
         from ray._private.worker import global_worker
 
-        return str(Path(global_worker.node.get_session_dir_path()) / "logs")
+        return str(Path(global_worker.node.get_session_dir_path()) / "logs")  # type: ignore[union-attr]  # a failure is caught below
     except Exception:
         return "Ray's session dir"
 

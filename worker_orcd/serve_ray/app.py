@@ -37,7 +37,7 @@ def worker_options(settings: ServeSettings) -> dict[str, Any]:
         "health_check_period_s": s.health_check_period_s,
         "health_check_timeout_s": 30.0,
         "request_router_config": RequestRouterConfig(
-            request_router_class=DrainAwareRouter,
+            request_router_class=DrainAwareRouter,  # type: ignore[arg-type]  # Serve takes the class too
             request_router_kwargs={
                 "app_name": s.app_name,
                 "cancel_mark_sec": float(s.worker_flags().early_cancel_sec),
@@ -79,8 +79,9 @@ def router_options(settings: ServeSettings) -> dict[str, Any]:
 def build_app(settings: ServeSettings):
     """The application, ready for serve.run."""
     data = settings.to_dict()
-    worker = serve.deployment(WorkerReplica).options(**worker_options(settings))
-    router = serve.deployment(Router).options(**router_options(settings))
+    # Serve's stubs know only the decorator form of serve.deployment.
+    worker = serve.deployment(WorkerReplica).options(**worker_options(settings))  # type: ignore[attr-defined]
+    router = serve.deployment(Router).options(**router_options(settings))  # type: ignore[attr-defined]
     return router.bind(worker.bind(data), data)
 
 

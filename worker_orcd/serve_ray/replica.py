@@ -144,7 +144,7 @@ class ChildWorker:
 
 
 class WorkerReplica:
-    async def __init__(self, settings: dict[str, Any]) -> None:
+    async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         import ray
         from ray import serve
         from ray.util import get_node_ip_address
@@ -374,7 +374,7 @@ class WorkerReplica:
                 job_id = response.headers.get("x-request-id") or job_id
             # A stream answers 200 once its job is accepted, a refusal otherwise; an answer
             # at the end may be a refusal or the error the accepted job ended with.
-            accepted = response.status_code == 200 or (bound and await self._worker_has(job_id, headers))
+            accepted = response.status_code == 200 or (bound and job_id is not None and await self._worker_has(job_id, headers))
             if tenant is not None and job_id is not None:  # before the yield, which may not return
                 if accepted and not bound:
                     binding = asyncio.get_running_loop().create_task(self._bind(tenant, job_id, headers))

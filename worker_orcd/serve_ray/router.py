@@ -142,7 +142,7 @@ class Router:
         headers = self.forward_headers(request)
         tenant = self.tenant(request)
         job_id = self.job_id_of(body, headers, openai)
-        claimed = False
+        claimed: bool | None = False
         if tenant is not None and job_id is not None:
             try:
                 claimed = await self.directory.claim.remote(tenant, job_id)
@@ -163,7 +163,7 @@ class Router:
             stream = self.workers.remote(
                 request.url.path, request.url.query, headers, body, tenant, job_id, claimed
             )
-            return await self.relay_execute(request, openai, stream, tenant, job_id, claimed)
+            return await self.relay_execute(request, openai, stream, tenant, job_id, bool(claimed))
         except BaseException:
             # The client left while Serve held the execute, or this router failed: no worker
             # holds the id (a replica that bound it meanwhile keeps it: only claims are released).

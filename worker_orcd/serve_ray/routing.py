@@ -64,7 +64,7 @@ class DrainAwareRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
         try:
             if self._wo_directory is None:
                 self._wo_directory = get_directory(self._wo_app, self._wo_cancel_mark_sec)
-            self._wo_directory.running.remote(self._wo_reporter, ids)
+            self._wo_directory.running.remote(self._wo_reporter, ids)  # type: ignore[attr-defined]  # set just above
         except Exception:  # the directory restarts empty; the next change reports again
             logger.warning("worker-orcd: could not report the running replicas", exc_info=True)
             self._wo_directory = None

@@ -49,6 +49,7 @@ from worker_orcd.http.openai.template import (
     special_tokens_of,
     uses_special_tokens,
 )
+from worker_orcd.http.sse import EventStream
 from worker_orcd.http.validation import MAX_PROMPT_CHARS, parse_json_object
 from worker_orcd.worker import Worker
 
@@ -57,11 +58,11 @@ OWNED_BY = "worker-orcd"
 CLIENT_CLOSED = 499
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | EventStream:
     return await _complete(request, CHAT)
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Response | EventStream:
     return await _complete(request, COMPLETION)
 
 
@@ -78,7 +79,7 @@ def _model_card(worker: Worker) -> dict[str, Any]:
     return {"id": worker.model.name, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
-async def _complete(request: Request, kind: str) -> Response:
+async def _complete(request: Request, kind: str) -> Response | EventStream:
     worker: Worker = request.app.state.worker
     try:
         req, job_id, prompt, adjust = await _prepare(request, worker, kind)
