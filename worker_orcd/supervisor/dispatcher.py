@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.channel.messages import RunFacts, RunRequest
@@ -229,7 +230,7 @@ class Dispatcher:
         job.finish(outcome)
         data = outcome.event.data
         if outcome.stop_ms is not None:  # a stop at the raised flag
-            fields = {
+            fields: dict[str, Any] = {
                 "job_id": job.job_id,
                 "correlation_id": job.correlation_id,
                 "reason": (job.cancel_flag.reason or CancelReason.CLIENT).value,
