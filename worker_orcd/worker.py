@@ -124,7 +124,7 @@ class Worker:
         """A job request refused before it became a job: counted."""
         self.metrics.rejected()
 
-    def render_metrics(self) -> str:
+    def render_metrics(self) -> bytes:
         return self.metrics.render()
 
     # The ledger's lookups block (a file): the routes run them through their offload.

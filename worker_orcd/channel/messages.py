@@ -88,12 +88,12 @@ class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="kind"):
     pass
 
 
-class Tokenize(_Message, tag="tokenize"):
+class Tokenize(_Message, frozen=True, tag="tokenize"):
     request: int
     texts: list[tuple[str, bool]]  # (text, add_special)
 
 
-class RunRequest(_Message, tag="run"):
+class RunRequest(_Message, frozen=True, tag="run"):
     run: int
     job_id: str
     prompt_tokens: list[int]
@@ -101,11 +101,11 @@ class RunRequest(_Message, tag="run"):
     slot: int  # the run's word on the cancel board
 
 
-class Exit(_Message, tag="exit"):
+class Exit(_Message, frozen=True, tag="exit"):
     """Finish the run in hand, free the model, end."""
 
 
-class EngineReady(_Message, tag="ready"):
+class EngineReady(_Message, frozen=True, tag="ready"):
     pid: int
     model: ModelInfo
     prefill_chunk: PrefillChunk
@@ -119,25 +119,25 @@ class EngineReady(_Message, tag="ready"):
     nice: int = 0
 
 
-class EngineFailed(_Message, tag="failed"):
+class EngineFailed(_Message, frozen=True, tag="failed"):
     message: str  # the one-line reason it could not start
 
 
-class Tokens(_Message, tag="tokens"):
+class Tokens(_Message, frozen=True, tag="tokens"):
     request: int
     tokens: list[list[int]]
 
 
-class Started(_Message, tag="started"):
+class Started(_Message, frozen=True, tag="started"):
     run: int
 
 
-class Stopped(_Message, tag="stopped"):
+class Stopped(_Message, frozen=True, tag="stopped"):
     run: int
     at: float  # perf_counter() when the raised word was seen
 
 
-class Done(_Message, tag="done"):
+class Done(_Message, frozen=True, tag="done"):
     run: int
     facts: RunFacts
     threads: dict[str, Any] | None = None  # the engine's thread choice after the run

@@ -141,11 +141,11 @@ class InferenceLoop:
 
     def _stopped(self, run: Run, facts: RunFacts) -> RunFacts:
         """The loop saw the raised word: say so at once (the front's deadline watches for it)."""
-        facts = replace(facts, stopped_at=time.perf_counter())
-        self.channel.send(Stopped(run.number, facts.stopped_at))
+        at = time.perf_counter()
+        self.channel.send(Stopped(run.number, at))
         if self.faults.dies_on_cancel(run.job_id):  # tests only: a crash before the context is freed
             die()
-        return facts
+        return replace(facts, stopped_at=at)
 
     def _spare_during_prompt(self, run: Run) -> bool:
         """Whether the next spare context may be made while this run's prompt is evaluated.

@@ -80,7 +80,10 @@ class EngineSupervisor:
         self.board = CancelBoard(1)
         self.threads: dict[str, Any] | None = None  # the engine's latest thread choice
         # The loop that reads the engines' channels: the HTTP server's, or one of our own.
-        self._loop, self._own_loop = (loop, None) if loop is not None else _loop_thread()
+        self._own_loop: threading.Thread | None = None
+        if loop is None:
+            loop, self._own_loop = _loop_thread()
+        self._loop = loop
         self._cond = threading.Condition()  # the engine's state and its run's, shared by the parts
         self.client = EngineClient(self._loop)
         self.lifecycle = Lifecycle(
@@ -88,7 +91,7 @@ class EngineSupervisor:
             self.board,
             self._cond,
             spawn=spawn or EngineProcess.start,
-            attach=lambda engine: self._loop.call_soon_threadsafe(self._attach, engine),
+            attach=self._attach_soon,
             on_gone=self.client.engine_gone,
             on_given_up=lambda: self.dispatcher.end_waiting_jobs(),
         )
@@ -216,6 +219,9 @@ class EngineSupervisor:
         return await on_thread(self.tokenize, texts, timeout)
 
     # -- the channel, read on the event loop -------------------------------------------
+
+    def _attach_soon(self, engine: Engine) -> None:
+        self._loop.call_soon_threadsafe(self._attach, engine)
 
     def _attach(self, engine: Engine) -> None:
         """On the loop: read the engine's channel whenever it has something."""
