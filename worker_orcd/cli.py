@@ -40,8 +40,7 @@ def serve(args: argparse.Namespace) -> int:
         sock = bind(config.host, config.port)
     except OSError as exc:
         return _fail(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
-            "choose another --port or --host"
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; choose another --port or --host"
         )
     from worker_orcd.state_dir import StateDirInUse, StateDirLock
 

@@ -7,7 +7,7 @@ scraped.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -45,9 +45,7 @@ class WorkerMetrics:
     def __init__(self, read_state: Callable[[], dict[str, float | None]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "worker_requests", "Execute requests by outcome", ["outcome"], registry=r
-        )
+        self.requests = Counter("worker_requests", "Execute requests by outcome", ["outcome"], registry=r)
         self.tokens = Counter("worker_tokens_generated", "Tokens generated", registry=r)
         self.inference_ms = Histogram(
             "worker_inference_duration_ms",

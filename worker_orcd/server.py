@@ -13,8 +13,8 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import uvicorn
 
@@ -22,8 +22,8 @@ from worker_orcd.app import create_app
 from worker_orcd.config import WorkerConfig
 from worker_orcd.engine.gguf import ModelLoadError
 from worker_orcd.http.protocol import front_options
-from worker_orcd.supervisor.supervisor import EngineStartFailed
 from worker_orcd.log import log_event
+from worker_orcd.supervisor.supervisor import EngineStartFailed
 from worker_orcd.worker import ShutdownOnce, Worker
 
 GIL_SWITCH_SEC = 0.0005  # longest a thread waits for the GIL while another runs Python
@@ -131,8 +131,6 @@ async def _serve(config: WorkerConfig, sock: socket.socket) -> int:
         await asyncio.to_thread(worker.close)
         log_event("worker_stopped")
     return 0
-
-
 
 
 @contextmanager

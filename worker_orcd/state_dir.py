@@ -25,7 +25,7 @@ class StateDirLock:
         self.path = Path(state_dir) / LOCK_FILE
         self._fd: int | None = None
 
-    def acquire(self) -> "StateDirLock":
+    def acquire(self) -> StateDirLock:
         """Take the lock or raise StateDirInUse (naming the holder's pid) at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

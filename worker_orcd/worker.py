@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from msgspec.structs import asdict
 
@@ -63,9 +64,7 @@ class Worker:
         if gpu is not None and gpu["backend"] == "cuda":  # NVML knows NVIDIA's devices only
             # By the bus id the engine's device has: NVML's indices are not CUDA's.
             probe = (
-                NvmlProbe(pci_bus_id=gpu["pci_bus_id"])
-                if gpu.get("pci_bus_id")
-                else NvmlProbe(self.config.gpu_device)
+                NvmlProbe(pci_bus_id=gpu["pci_bus_id"]) if gpu.get("pci_bus_id") else NvmlProbe(self.config.gpu_device)
             )
             self.vram = VramMonitor(probe, pid=lambda: self.engine.engine_pid)
         self.vram.start()

@@ -20,7 +20,6 @@ import struct
 import termios
 import threading
 from multiprocessing.connection import Connection
-from typing import Union
 
 import msgspec
 
@@ -34,7 +33,7 @@ _LONG_LENGTH = struct.Struct("!Q")  # after a length of -1 (frames of 2 GiB or m
 READ_BYTES = 1 << 16
 
 Token = tuple[int, int, str]  # run, model tokens so far, text
-Frame = Union[Message, Token]
+Frame = Message | Token
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Message).decode

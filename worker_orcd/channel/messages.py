@@ -14,7 +14,7 @@ word), `Done` (the run's facts, sent after its context was freed).
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -143,6 +143,6 @@ class Done(_Message, frozen=True, tag="done"):
     threads: dict[str, Any] | None = None  # the engine's thread choice after the run
 
 
-FrontMessage = Union[Tokenize, RunRequest, Exit]
-EngineMessage = Union[EngineReady, EngineFailed, Tokens, Started, Stopped, Done]
-Message = Union[FrontMessage, EngineMessage]
+FrontMessage = Tokenize | RunRequest | Exit
+EngineMessage = EngineReady | EngineFailed | Tokens | Started | Stopped | Done
+Message = FrontMessage | EngineMessage

@@ -11,15 +11,14 @@ import asyncio
 import os
 import time
 import uuid
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 try:
     import httpx
 except ImportError as exc:  # the package itself does not need httpx; its client does
-    raise ImportError(
-        'worker_orcd.client needs httpx: pip install "worker-orcd[client]"', name=exc.name
-    ) from exc
+    raise ImportError('worker_orcd.client needs httpx: pip install "worker-orcd[client]"', name=exc.name) from exc
 
 from worker_orcd.client.errors import IncompleteStream, WorkerError, error_from_response
 from worker_orcd.client.events import TERMINAL_NAMES, End, Error, Started, StreamEvent, Token, from_sse
@@ -49,7 +48,13 @@ def _named(
     stop: str | Sequence[str] | None,
 ) -> dict[str, Any]:
     """The options every job request names (None: not sent)."""
-    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed, "stop": _stop_list(stop)}
+    return {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "stop": _stop_list(stop),
+    }
 
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str] | None:
@@ -172,7 +177,7 @@ class Client(_Base):
         if self._owned:
             self.http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -192,7 +197,7 @@ class Client(_Base):
         headers: Mapping[str, str] | None = None,
         cancel_on_exit: bool = True,
         **params: Any,
-    ) -> "Stream":
+    ) -> Stream:
         """POST /execute, as a context manager: `with client.stream(...) as events:`.
 
         Options left None are not sent (the worker's defaults apply); `params` (top_k,
@@ -227,7 +232,7 @@ class Client(_Base):
         headers: Mapping[str, str] | None = None,
         cancel_on_exit: bool = True,
         **params: Any,
-    ) -> "Stream":
+    ) -> Stream:
         """Like stream(), with the model's own chat template applied by the worker: through
         its OpenAI route, POST /v1/chat/completions (`messages`: a user's text, or OpenAI
         messages). The events are the same typed ones (Started carries only job_id and
@@ -328,7 +333,7 @@ class Stream(_StreamState):
         self._raw: Iterator[SseEvent] | None = None
         self._closed = False
 
-    def open(self) -> "Stream":
+    def open(self) -> Stream:
         """Send the request and read the answer's headers; raises WorkerError for an HTTP error.
         Once open, it stays so: entering the with block after open() sends nothing more."""
         if self.response is not None:
@@ -351,7 +356,7 @@ class Stream(_StreamState):
         self.response = response
         return self
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self.open()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -365,9 +370,9 @@ class Stream(_StreamState):
             return
         self._closed = True
         try:
-            if self.cancel_on_exit if cancel is None else cancel:
-                if self.response is not None and self._terminal_sse is None:
-                    self.client._cancel_quietly(self.job_id)
+            wanted = self.cancel_on_exit if cancel is None else cancel
+            if wanted and self.response is not None and self._terminal_sse is None:
+                self.client._cancel_quietly(self.job_id)
         finally:
             if self.response is not None:
                 self.response.close()
@@ -448,7 +453,7 @@ class AsyncClient(_Base):
         if self._owned:
             await self.http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -468,7 +473,7 @@ class AsyncClient(_Base):
         headers: Mapping[str, str] | None = None,
         cancel_on_exit: bool = True,
         **params: Any,
-    ) -> "AsyncStream":
+    ) -> AsyncStream:
         """Client.stream for asyncio: `async with client.stream(...) as events: async for e in events:`."""
         job_id = job_id or new_job_id()
         named = _named(max_tokens, temperature, top_p, seed, stop)
@@ -495,7 +500,7 @@ class AsyncClient(_Base):
         headers: Mapping[str, str] | None = None,
         cancel_on_exit: bool = True,
         **params: Any,
-    ) -> "AsyncStream":
+    ) -> AsyncStream:
         """Client.chat for asyncio."""
         job_id = job_id or new_job_id()
         named = _named(max_tokens, temperature, top_p, seed, stop)
@@ -571,7 +576,7 @@ class AsyncStream(_StreamState):
         self._reader: asyncio.Task | None = None
         self._closed = False
 
-    async def open(self) -> "AsyncStream":
+    async def open(self) -> AsyncStream:
         if self.response is not None:
             return self
         http = self.client.http
@@ -594,7 +599,7 @@ class AsyncStream(_StreamState):
         self._reader = asyncio.ensure_future(self._pump(response, self._events, self._source))
         return self
 
-    async def __aenter__(self) -> "AsyncStream":
+    async def __aenter__(self) -> AsyncStream:
         return await self.open()
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -607,9 +612,9 @@ class AsyncStream(_StreamState):
             return
         self._closed = True
         try:
-            if self.cancel_on_exit if cancel is None else cancel:
-                if self.response is not None and self._terminal_sse is None:
-                    await self.client._cancel_quietly(self.job_id)
+            wanted = self.cancel_on_exit if cancel is None else cancel
+            if wanted and self.response is not None and self._terminal_sse is None:
+                await self.client._cancel_quietly(self.job_id)
         finally:
             if self._reader is not None:
                 self._reader.cancel()
@@ -694,7 +699,7 @@ class ChatEvents:
     chunk a token, the finish reason and the usage chunk make `end`; an `{"error"}`
     chunk is `error`, with the worker's fields (code, retriable, stop_ms, ...)."""
 
-    __slots__ = ("job_id", "stops", "index", "finish")
+    __slots__ = ("finish", "index", "job_id", "stops")
 
     def __init__(self, job_id: str, stops: bool) -> None:
         self.job_id = job_id
@@ -723,7 +728,9 @@ class ChatEvents:
             fields = {k: error[k] for k in ("tokens_out", "stop_ms", "cancel_ms", "forced") if k in error}
             code = error.get("code") or "INTERNAL"
             retriable = bool(error.get("retriable", False))
-            return _made("error", {"code": code, "message": error.get("message", ""), "retriable": retriable, **fields}, event)
+            return _made(
+                "error", {"code": code, "message": error.get("message", ""), "retriable": retriable, **fields}, event
+            )
         choices = data.get("choices")
         if not choices:
             usage = data.get("usage")

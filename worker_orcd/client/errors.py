@@ -7,7 +7,8 @@ A job that ends badly is not an exception: its stream ends with an `Error` event
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Answers that say "not now": the same request may succeed later (they carry Retry-After).
 RETRIABLE_CODES = frozenset({"WORKER_BUSY", "TENANT_BUSY", "WORKER_SHUTTING_DOWN", "ENGINE_UNAVAILABLE"})

@@ -10,8 +10,9 @@ Building one costs a JSON decode and a constructor call, about a microsecond.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, ClassVar
 
 from worker_orcd.client.sse import SseEvent
 
@@ -112,14 +113,12 @@ class OtherEvent:
         return json.dumps(self.data)
 
 
-StreamEvent = Union[Started, Token, End, Error, OtherEvent]
+StreamEvent = Started | Token | End | Error | OtherEvent
 
 
 def _started(d: dict[str, Any], at: float) -> Started:
     g = d.get
-    return Started(
-        d["job_id"], g("model"), g("started_at"), g("seed"), g("prompt_tokens"), g("correlation_id"), at, d
-    )
+    return Started(d["job_id"], g("model"), g("started_at"), g("seed"), g("prompt_tokens"), g("correlation_id"), at, d)
 
 
 def _token(d: dict[str, Any], at: float) -> Token:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any
 
 _UNREAD = object()
 _NONE: tuple = ()
@@ -22,7 +23,7 @@ class SseEvent:
     """One event: its name, its data (the text as `raw`, JSON-decoded as `data`) and
     `at`, time.perf_counter() when the bytes that completed it were read."""
 
-    __slots__ = ("name", "raw", "at", "_data")
+    __slots__ = ("_data", "at", "name", "raw")
 
     def __init__(self, name: str, raw: str, at: float) -> None:
         self.name = name
@@ -45,7 +46,7 @@ class SseParser:
     """iter_events a chunk at a time, for readers that cannot hand over an iterable
     (async ones); the same rules."""
 
-    __slots__ = ("_buf", "_boundary", "_line_end")
+    __slots__ = ("_boundary", "_buf", "_line_end")
 
     def __init__(self) -> None:
         self._buf = b""

@@ -29,7 +29,7 @@ QUEUE_POLL_S = 0.5  # how often a queued job's place is asked for (GET /jobs/{id
 CLEAR_LINE = "\r\x1b[K"
 
 
-def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `run` subcommand, for worker_orcd.cli's parser."""
     p = sub.add_parser(
         "run",

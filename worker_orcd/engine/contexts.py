@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import llama_cpp
 
@@ -93,7 +94,13 @@ class SpareCost:
     reason: str
 
     def health(self) -> dict[str, Any]:
-        return {"mode": self.mode, "enabled": self.enabled, "bytes": self.bytes, "memory": self.memory, "reason": self.reason}
+        return {
+            "mode": self.mode,
+            "enabled": self.enabled,
+            "bytes": self.bytes,
+            "memory": self.memory,
+            "reason": self.reason,
+        }
 
 
 class ContextPool:

@@ -116,7 +116,9 @@ class Decision:
             return
         feature = ", ".join(self.buffer_types) or "extra buffer types"
         advertised = f"; this CPU advertises {', '.join(self.cpu_flags)}" if self.cpu_flags else ""
-        earlier = f" (found at an earlier start; delete {self.cache_path} to check again)" if self.source == "cache" else ""
+        earlier = (
+            f" (found at an earlier start; delete {self.cache_path} to check again)" if self.source == "cache" else ""
+        )
         fields["message"] = (
             f"the engine's extra CPU buffer types ({feature}) are off: {self.reason}{advertised}{earlier}. "
             "The engine falls back to its plain CPU kernels; prompt evaluation may be slower on this CPU. "
@@ -229,7 +231,7 @@ class VerdictCache:
                 return entry
         return None
 
-    def put(self, key: dict[str, str], result: "ProbeResult") -> None:
+    def put(self, key: dict[str, str], result: ProbeResult) -> None:
         entry = {
             "key": key,
             "enabled": result.enabled,
@@ -260,7 +262,8 @@ class VerdictCache:
             return []
         # Only whole entries; put() drops the rest.
         return [
-            e for e in entries
+            e
+            for e in entries
             if isinstance(e, dict) and isinstance(e.get("key"), dict) and isinstance(e.get("enabled"), bool)
         ]
 
@@ -285,9 +288,7 @@ def probe_timeout(model_path: Path) -> float:
     return PROBE_TIMEOUT_BASE_S + PROBE_TIMEOUT_PER_GIB_S * gib
 
 
-def probe(
-    model_path: Path, *, threads: int, gpu_device: int | None, timeout: float | None = None
-) -> ProbeResult:
+def probe(model_path: Path, *, threads: int, gpu_device: int | None, timeout: float | None = None) -> ProbeResult:
     """Run the child and read its fate: exit 0, killed by a signal, out of time, or failed."""
     timeout = probe_timeout(model_path) if timeout is None else timeout
     cmd = [sys.executable, "-m", __name__, "--model", str(model_path)]
@@ -340,7 +341,7 @@ class ChildReport:
     stage: str = "before loading the model"
 
     @classmethod
-    def parse(cls, out: str | None) -> "ChildReport":
+    def parse(cls, out: str | None) -> ChildReport:
         report = cls()
         for line in (out or "").splitlines():
             try:

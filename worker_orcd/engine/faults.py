@@ -31,8 +31,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 ENV_VAR = "WORKER_ORCD_FAULTS"
 FAILING_DECODE_CALL = 3
@@ -60,7 +61,7 @@ class FaultPlan:
     cpu_probe: str | None = None  # sigill | hang
 
     @classmethod
-    def from_env(cls, value: str | None = None) -> "FaultPlan":
+    def from_env(cls, value: str | None = None) -> FaultPlan:
         value = os.environ.get(ENV_VAR, "") if value is None else value
         fields: dict[str, str] = {}
         for entry in filter(None, (e.strip() for e in value.split(","))):
@@ -121,7 +122,6 @@ class FaultPlan:
             return decode(ctx, batch)
 
         return failing_decode
-
 
 
 def die() -> None:

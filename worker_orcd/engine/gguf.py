@@ -30,6 +30,7 @@ def check_model_file(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"not a GGUF model file (bad magic {magic!r}): {path}")
 
+
 # GGUF value types: fixed-size ones by their struct format; 8 is a string, 9 an array.
 _FIXED = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9

@@ -241,9 +241,7 @@ class InferenceLoop:
             tail = stops.flush()
             if tail:
                 send_token(number, n_out, tail)
-        return RunFacts(
-            stop_reason=reason, tokens_out=n_out, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, clock())
-        )
+        return RunFacts(stop_reason=reason, tokens_out=n_out, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, clock()))
 
     def _decode_failed(self, run: Run, rc: int, facts: RunFacts) -> RunFacts:
         # Only the run's own abort callback makes llama_decode return "aborted",

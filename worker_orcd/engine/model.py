@@ -112,9 +112,7 @@ class Model:
         if n < 0:  # cannot happen with one slot per byte, but never trust a length
             capacity = -n
             tokens = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(
-                self.vocab, data, len(data), tokens, capacity, add_special, True
-            )
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
         return list(tokens[:n])
 
     def piece(self, token: int) -> bytes:

@@ -20,8 +20,9 @@ import ctypes
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import llama_cpp
 
@@ -100,7 +101,9 @@ def _on_a_thread_of_its_own(work: Callable[[], T]) -> T:
 def _measure(model: Model, settings: ContextSettings, budget_ms: float) -> ChunkChoice:
     on_cpu = model.device is None
     largest = min(CPU_UBATCH if on_cpu else LARGEST, settings.n_ctx)
-    ctx = new_context(model, ContextSettings(settings.n_ctx, largest, settings.n_threads, flash_attn=settings.flash_attn))
+    ctx = new_context(
+        model, ContextSettings(settings.n_ctx, largest, settings.n_threads, flash_attn=settings.flash_attn)
+    )
     try:
         gaps = _NodeGaps() if on_cpu else None
         if gaps is not None:

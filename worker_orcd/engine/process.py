@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from worker_orcd.engine.contexts import ContextPool, ContextSettings, ContextUnavailable
     from worker_orcd.engine.faults import FaultPlan
     from worker_orcd.engine.loop import InferenceLoop, Run
-    from worker_orcd.engine.threads import Threads
     from worker_orcd.engine.model import Model, ModelLoadError
+    from worker_orcd.engine.threads import Threads
 
     faults = FaultPlan.from_env()
     faults.at_start()

@@ -24,9 +24,7 @@ def new_sampler(sampling: Sampling, n_vocab: int) -> int:
     if sampling.repetition_penalty not in (0.0, 1.0):
         add(
             chain,
-            llama_cpp.llama_sampler_init_penalties(
-                n_vocab, PENALTY_LAST_N, sampling.repetition_penalty, 0.0, 0.0
-            ),
+            llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repetition_penalty, 0.0, 0.0),
         )
     if sampling.temperature == 0.0:
         add(chain, llama_cpp.llama_sampler_init_greedy())

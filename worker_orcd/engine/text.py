@@ -26,7 +26,7 @@ class Utf8Assembler:
 class StopMatcher:
     """Finds the first stop string in a stream of text pieces."""
 
-    __slots__ = ("_stops", "_held", "stopped")
+    __slots__ = ("_held", "_stops", "stopped")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(s for s in stops if s)

@@ -20,8 +20,8 @@ chunks (`n_threads_batch`, timed per token). A fixed `--threads N` turns it off.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 SMOOTHING = 0.2  # weight of a new sample in a count's smoothed step time
 COLLAPSE = 4.0  # two steps in a row this many times the best known count's time: leave
@@ -163,7 +163,7 @@ class Threads:
     batch: ThreadGovernor
 
     @classmethod
-    def choose(cls, most: int, *, fixed: bool, clock: Callable[[], float] = time.monotonic) -> "Threads":
+    def choose(cls, most: int, *, fixed: bool, clock: Callable[[], float] = time.monotonic) -> Threads:
         # A chunk is long enough that a switch's cost is lost in it, and too long to trial many.
         batch = ThreadGovernor(most, fixed=fixed, trial_steps=BATCH_TRIAL_STEPS, skip_first=False, clock=clock)
         return cls(ThreadGovernor(most, fixed=fixed, clock=clock), batch)

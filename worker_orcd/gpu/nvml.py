@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 Scope = Literal["process", "device"]
 MatchedBy = Literal["pci_bus_id", "uuid", "index"]
@@ -383,7 +384,7 @@ class VramMonitor:
         return s.reported_bytes if s is not None else None
 
     def scope(self) -> Scope | None:
-        """"process" or "device" for `used_bytes`, None without a reading."""
+        """ "process" or "device" for `used_bytes`, None without a reading."""
         s = self.latest
         return s.scope if s is not None else None
 

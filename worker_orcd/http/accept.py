@@ -9,7 +9,8 @@ the cancel path are one whatever the API a client speaks.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 
@@ -71,7 +72,9 @@ async def accept(
         if await in_ledger:
             raise job_exists(req.job_id) from None
         raise RequestError(
-            ErrorCode.ENGINE_UNAVAILABLE, f"the engine cannot take jobs: {exc}", headers={"Retry-After": RETRY_AFTER_SEC}
+            ErrorCode.ENGINE_UNAVAILABLE,
+            f"the engine cannot take jobs: {exc}",
+            headers={"Retry-After": RETRY_AFTER_SEC},
         ) from None
     except BaseException:
         in_ledger.cancel()
@@ -161,9 +164,7 @@ def stream_response(
     return EventStream(channel, encode, lambda: cancel_on_disconnect(job, worker), headers)
 
 
-async def collect_job(
-    job: Job, channel: EventChannel, worker: Worker, request: Request
-) -> list[Event] | None:
+async def collect_job(job: Job, channel: EventChannel, worker: Worker, request: Request) -> list[Event] | None:
     """Every event of the job, for an answer sent whole once it has ended.
 
     None when the client went away first: the job is then cancelled as by a
@@ -207,9 +208,7 @@ def cancel_on_disconnect(job: Job, worker: Worker) -> None:
 
 
 def job_exists(job_id: str) -> RequestError:
-    return RequestError(
-        ErrorCode.JOB_EXISTS, f"job {job_id!r} already exists on this worker; use a new job_id"
-    )
+    return RequestError(ErrorCode.JOB_EXISTS, f"job {job_id!r} already exists on this worker; use a new job_id")
 
 
 def shutting_down() -> RequestError:

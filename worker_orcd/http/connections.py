@@ -11,8 +11,9 @@ those it is refused.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from enum import Enum
-from typing import Hashable, Protocol
+from typing import Protocol
 
 
 class Phase(Enum):

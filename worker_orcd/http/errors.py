@@ -1,12 +1,13 @@
 """Plain HTTP errors: one JSON shape for every one of them.
 
-    {"error": {"code", "message", "details"?, "correlation_id"}}
+{"error": {"code", "message", "details"?, "correlation_id"}}
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -124,9 +125,7 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         error=repr(exc),
     )
     headers = {CORRELATION_HEADER: cid} if cid else None
-    return error_response(
-        request, ErrorCode.INTERNAL, "internal error; the worker logged it", headers=headers
-    )
+    return error_response(request, ErrorCode.INTERNAL, "internal error; the worker logged it", headers=headers)
 
 
 EXCEPTION_HANDLERS = {

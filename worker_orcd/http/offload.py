@@ -11,8 +11,9 @@ detecting the async library) than `run_in_executor`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from starlette.requests import Request
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -143,7 +143,7 @@ class HostRule:
         self.any_host = any_host
 
     @classmethod
-    def for_worker(cls, bind_host: str, allowed: Iterable[str], *, keyed: bool) -> "HostRule":
+    def for_worker(cls, bind_host: str, allowed: Iterable[str], *, keyed: bool) -> HostRule:
         allowed = [normalize_host_name(name) for name in allowed]
         names = {name for name in allowed if name != ANY}
         if _is_specific(bind_host):
@@ -195,8 +195,7 @@ class BrowserGuardMiddleware:
                 receive,
                 send,
                 ErrorCode.HOST_NOT_ALLOWED,
-                "this worker does not answer to that Host; start it with --allowed-host NAME "
-                "to add a name",
+                "this worker does not answer to that Host; start it with --allowed-host NAME to add a name",
             )
             return
         origin_value = _header(scope, b"origin")

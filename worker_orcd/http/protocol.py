@@ -77,7 +77,9 @@ def protocol_class(limits: FrontLimits) -> type[FrontProtocol]:
     return type("FrontProtocol", (FrontProtocol,), {"limits": limits, "table": table})
 
 
-def error_answer(code: ErrorCode, message: str, correlation_id: str, *, retry: bool) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def error_answer(
+    code: ErrorCode, message: str, correlation_id: str, *, retry: bool
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body of a section 10 error that closes its connection."""
     body = _dumps(error_body(code, message, correlation_id)).encode()
     headers = [
@@ -98,7 +100,7 @@ def at_cap_message(limits: FrontLimits) -> str:
     )
 
 
-def refusing_app(limits: FrontLimits):  # noqa: ANN201 - an ASGI app
+def refusing_app(limits: FrontLimits):
     """For a reserve place's request other than POST /cancel and GET /health."""
 
     async def refuse(scope: dict, receive: Any, send: Any) -> None:
@@ -292,9 +294,7 @@ class FrontProtocol(HttpToolsProtocol):
             self.transport.write_eof()
         self.read_deadline = self.loop.call_later(REFUSED_LINGER_SEC, self.transport.abort)
 
-    def _write_error(
-        self, code: ErrorCode, message: str, *, retry: bool, headers: Any = ()
-    ) -> None:
+    def _write_error(self, code: ErrorCode, message: str, *, retry: bool, headers: Any = ()) -> None:
         status, fields, body = error_answer(code, message, correlation_id_from(headers), retry=retry)
         out = [STATUS_LINE[status]]
         for name, value in [*self.server_state.default_headers, *fields]:

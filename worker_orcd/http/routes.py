@@ -86,7 +86,9 @@ async def get_job(request: Request) -> JSONResponse:
     worker = _worker(request)
     tenant = tenant_of(request)
     job = worker.find(tenant, job_id)
-    record = job.snapshot() if job is not None else await offload_of(request).ledger_call(worker.record_of, tenant, job_id)
+    record = (
+        job.snapshot() if job is not None else await offload_of(request).ledger_call(worker.record_of, tenant, job_id)
+    )
     if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")
     if job is not None and record["state"] == "queued":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.types import Receive, Scope, Send
 
@@ -49,9 +49,7 @@ def encode_token(text: str, index: int) -> bytes:
 
 def encode_events(batch: Iterable[Event]) -> bytes:
     """`/execute`'s encoding: each event as `event:` and `data:` lines."""
-    return b"".join(
-        encode_token(e.data["t"], e.data["i"]) if e.name == "token" else encode_event(e) for e in batch
-    )
+    return b"".join(encode_token(e.data["t"], e.data["i"]) if e.name == "token" else encode_event(e) for e in batch)
 
 
 class EventStream:
@@ -73,7 +71,9 @@ class EventStream:
         self.channel = channel
         self.encode = encode
         self.on_end = on_end
-        self.headers = HEADERS + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self.headers = HEADERS + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+        ]
         self.gone = False
         self._writes = 0
         self._ticker: asyncio.TimerHandle | None = None

@@ -12,8 +12,9 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError
@@ -203,9 +204,7 @@ def check_token_limits(
         problems.append({"field": "top_k", "reason": f"must be an integer from 0 to {vocab_size}"})
     for i, n in enumerate(stop_tokens):
         if n > MAX_STOP_TOKENS:
-            problems.append(
-                {"field": f"stop[{i}]", "reason": f"is {n} tokens; at most {MAX_STOP_TOKENS}"}
-            )
+            problems.append({"field": f"stop[{i}]", "reason": f"is {n} tokens; at most {MAX_STOP_TOKENS}"})
     if problems:
         raise invalid(problems)
     if req.max_tokens is not None:
@@ -249,9 +248,7 @@ LIST_LIMIT_DEFAULT = 50
 
 def parse_list_query(query: Mapping[str, str]) -> tuple[str | None, int]:
     """`state` and `limit` of GET /jobs."""
-    problems = [
-        {"field": k, "reason": "unknown query parameter"} for k in query if k not in ("state", "limit")
-    ]
+    problems = [{"field": k, "reason": "unknown query parameter"} for k in query if k not in ("state", "limit")]
     state = query.get("state")
     if state is not None and state not in JOB_STATES:
         problems.append({"field": "state", "reason": f"must be one of {', '.join(JOB_STATES)}"})

@@ -35,7 +35,7 @@ class CancelFlag:
     touches the word, which the next job may already be using.
     """
 
-    __slots__ = ("raised", "reason", "raised_at", "_address", "_lock")
+    __slots__ = ("_address", "_lock", "raised", "raised_at", "reason")
 
     def __init__(self) -> None:
         self.raised = False

@@ -19,7 +19,7 @@ from worker_orcd.jobs.events import Event
 class EventChannel:
     """Many producers on any thread, one asyncio consumer."""
 
-    __slots__ = ("_loop", "_events", "_lock", "_waiter", "_nudged")
+    __slots__ = ("_events", "_lock", "_loop", "_nudged", "_waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -5,8 +5,9 @@ Events are plain data; how they travel (SSE) is the HTTP layer's business.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from worker_orcd.errors import ErrorCode
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from worker_orcd.channel.messages import Sampling
 from worker_orcd.jobs import outcomes
@@ -25,7 +26,7 @@ __all__ = ["Job", "JobState", "Outcome", "Phase", "Sampling", "now_iso"]
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(eq=False)
@@ -37,8 +38,8 @@ class Job:
     correlation_id: str | None = None
     tenant: str = ""
     sink: EventSink | None = None
-    on_change: Callable[["Job"], None] | None = None  # after any change: may see a later state
-    on_finish: Callable[["Job"], None] | None = None  # once, after the winning `finish`
+    on_change: Callable[[Job], None] | None = None  # after any change: may see a later state
+    on_finish: Callable[[Job], None] | None = None  # once, after the winning `finish`
 
     state: JobState = JobState.QUEUED
     phase: Phase = Phase.QUEUED
@@ -138,7 +139,9 @@ class Job:
 
     def finish_cancelled_unstarted(self) -> bool:
         """End a cancelled job that is still queued; False if it has started or ended."""
-        return self.finish(outcomes.cancelled(self.cancel_flag, tokens_out=0, stopped_at=None), only_from=JobState.QUEUED)
+        return self.finish(
+            outcomes.cancelled(self.cancel_flag, tokens_out=0, stopped_at=None), only_from=JobState.QUEUED
+        )
 
     # -- views ---------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ import logging
 import queue
 import sqlite3
 import threading
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any
 
 from worker_orcd.errors import ErrorCode
@@ -88,8 +88,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
 
 _UPSERT = (
     f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-    "ON CONFLICT (tenant, job_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
+    "ON CONFLICT (tenant, job_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
 )
 
 
@@ -308,8 +307,7 @@ class Ledger:
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         conn.execute(
-            "DELETE FROM jobs WHERE seq <= "
-            "(SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM jobs WHERE seq <= (SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (self.max_jobs,),
         )
 

@@ -10,7 +10,7 @@ A tenant may hold at most `max_jobs_per_tenant` queued and running jobs.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.early_cancels import EarlyCancels
@@ -133,4 +133,4 @@ class JobManager:
             listener(job)
 
 
-__all__ = ["JobManager", "JobExists", "TenantBusy"]
+__all__ = ["JobExists", "JobManager", "TenantBusy"]

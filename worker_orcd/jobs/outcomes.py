@@ -60,14 +60,10 @@ def of_run(flag: CancelFlag, facts: RunFacts) -> Outcome:
         return failed(facts.error_code, facts.error_message, tokens_out=facts.tokens_out)
     assert facts.stop_reason is not None
     reason = facts.stop_reason.value
-    return Outcome(
-        JobState.COMPLETED, events.end(facts.tokens_out, facts.decode_ms, reason), stop_reason=reason
-    )
+    return Outcome(JobState.COMPLETED, events.end(facts.tokens_out, facts.decode_ms, reason), stop_reason=reason)
 
 
-def cancelled(
-    flag: CancelFlag, *, tokens_out: int, stopped_at: float | None, forced: bool = False
-) -> Outcome:
+def cancelled(flag: CancelFlag, *, tokens_out: int, stopped_at: float | None, forced: bool = False) -> Outcome:
     """A stop at the raised flag: `stop_ms` from the raise to the stop, `cancel_ms` to now
     (memory already freed). A queued job stops at 0."""
     code, message, retriable = cancel_error(flag.reason or CancelReason.CLIENT)

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m worker_orcd.serve_ray", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="where Serve's HTTP proxy listens (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="its port (default 8000)")
-    p.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas (default 2 without autoscaling flags)")
+    p.add_argument(
+        "--replicas", type=int, default=None, help="a fixed number of replicas (default 2 without autoscaling flags)"
+    )
     p.add_argument("--min-replicas", type=int, default=None, help="autoscaling: the fewest replicas")
     p.add_argument("--max-replicas", type=int, default=None, help="autoscaling: the most replicas")
     p.add_argument("--target-ongoing", type=float, default=2.0, help="autoscaling: streams per replica it aims at (2)")
@@ -39,12 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--look-back-s", type=float, default=5.0, help="autoscaling: the window its load is averaged over")
     p.add_argument("--threads", type=int, default=0, help="llama.cpp threads per worker (0: the cores shared out)")
     p.add_argument("--replica-cpus", type=float, default=None, help="Ray CPUs per replica (default: --threads)")
-    p.add_argument("--replica-gpus", type=float, default=0.0, help="Ray GPUs per replica: 1 on GPU nodes (default 0: CPU)")
+    p.add_argument(
+        "--replica-gpus", type=float, default=0.0, help="Ray GPUs per replica: 1 on GPU nodes (default 0: CPU)"
+    )
     p.add_argument("--router-replicas", type=int, default=1)
     p.add_argument("--serve-queue", type=int, default=None, help="jobs Serve may hold when every worker is full")
     p.add_argument("--drain-sec", type=float, default=30.0, help="how long a leaving replica's jobs may run on")
     p.add_argument("--worker-host", default=LOOPBACK, help=f"where each worker listens ({LOOPBACK}, or {NODE_IP})")
-    p.add_argument("--state-base", default=None, help="the replicas' state dirs (default: under the worker's state dir)")
+    p.add_argument(
+        "--state-base", default=None, help="the replicas' state dirs (default: under the worker's state dir)"
+    )
     p.add_argument("--app-name", default="worker-orcd")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one here")
     p.add_argument("--ready-file", type=Path, default=None, help="write the URL and Ray's address here once serving")
@@ -124,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
         url = f"http://{args.host}:{args.port}"
-        count = settings.replicas if settings.replicas is not None else f"{settings.min_replicas}..{settings.max_replicas}"
+        count = (
+            settings.replicas if settings.replicas is not None else f"{settings.min_replicas}..{settings.max_replicas}"
+        )
         print(
             f"worker-orcd on Ray Serve: {url} ({count} replicas, {settings.worker_threads} threads each; "
             f"ready in {time.monotonic() - started:.1f}s; logs under {_log_dir()})",

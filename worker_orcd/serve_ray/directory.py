@@ -30,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.early_cancels import EarlyCancels
@@ -96,7 +97,7 @@ class JobDirectory:
         try:
             await asyncio.wait_for(replica.drain.wait(), WATCH_SEC)
             return "drain"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "again"
 
     async def unregister(self, replica_id: str) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 REPLICA_FAILED = "REPLICA_FAILED"
 REPLICA_UNAVAILABLE = "REPLICA_UNAVAILABLE"

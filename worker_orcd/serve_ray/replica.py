@@ -35,7 +35,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -108,7 +109,7 @@ class ChildWorker:
         self.exited = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-orcd-child", daemon=True)
 
-    def start(self) -> "ChildWorker":
+    def start(self) -> ChildWorker:
         self._thread.start()
         self.started.wait()
         if self.error is not None:
@@ -289,9 +290,7 @@ class WorkerReplica:
         Serve is removing it."""
         while True:
             try:
-                verdict = await self.directory.watch.remote(
-                    self.replica_id, self.url, self.node, str(self.slot.path)
-                )
+                verdict = await self.directory.watch.remote(self.replica_id, self.url, self.node, str(self.slot.path))
             except asyncio.CancelledError:
                 raise
             except Exception:  # the directory is restarting: register again
@@ -306,7 +305,7 @@ class WorkerReplica:
         logger.info(f"worker-orcd replica {self.replica_id}: leaving; {self.active} streams open")
         try:
             await asyncio.wait_for(self.idle.wait(), self.settings.drain_sec)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         assert self.child is not None
         self.child.signal(signal.SIGTERM)
@@ -374,7 +373,9 @@ class WorkerReplica:
                 job_id = response.headers.get("x-request-id") or job_id
             # A stream answers 200 once its job is accepted, a refusal otherwise; an answer
             # at the end may be a refusal or the error the accepted job ended with.
-            accepted = response.status_code == 200 or (bound and job_id is not None and await self._worker_has(job_id, headers))
+            accepted = response.status_code == 200 or (
+                bound and job_id is not None and await self._worker_has(job_id, headers)
+            )
             if tenant is not None and job_id is not None:  # before the yield, which may not return
                 if accepted and not bound:
                     binding = asyncio.get_running_loop().create_task(self._bind(tenant, job_id, headers))

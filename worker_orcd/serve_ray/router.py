@@ -40,7 +40,8 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from starlette.requests import Request
@@ -160,9 +161,7 @@ class Router:
             claimed = bool(claimed)
         stream = None
         try:
-            stream = self.workers.remote(
-                request.url.path, request.url.query, headers, body, tenant, job_id, claimed
-            )
+            stream = self.workers.remote(request.url.path, request.url.query, headers, body, tenant, job_id, claimed)
             return await self.relay_execute(request, openai, stream, tenant, job_id, bool(claimed))
         except BaseException:
             # The client left while Serve held the execute, or this router failed: no worker
@@ -335,7 +334,9 @@ class Router:
             raise NoReplica()
         record = await asyncio.to_thread(slots.find_in_orphans, self.settings.state_root, tenant, job_id)
         if record is not None:
-            return JSONResponse(record, headers={"X-Correlation-Id": self.correlation_id(request), "X-Job-Source": "ledger"})
+            return JSONResponse(
+                record, headers={"X-Correlation-Id": self.correlation_id(request), "X-Job-Source": "ledger"}
+            )
         return self.relay_answer(answer)
 
     async def list_jobs(self, request: Request) -> Response:
@@ -364,7 +365,7 @@ class Router:
         )
         views = [
             (r["replica"], r["state"], a.json())
-            for r, a in zip(replicas, answers)
+            for r, a in zip(replicas, answers, strict=False)
             if a is not None and a.status_code == 200
         ]
         return JSONResponse(merge.merge_health(views), headers={"X-Correlation-Id": self.correlation_id(request)})
@@ -482,10 +483,12 @@ class Router:
             self.last_replicas = listed
         return self.last_replicas
 
-    async def everyone(self, method: str, path: str, headers: list[tuple[str, str]]) -> list[tuple[str, httpx.Response]]:
+    async def everyone(
+        self, method: str, path: str, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, httpx.Response]]:
         replicas = await self.list_replicas()
         answers = await asyncio.gather(*(self.send((r["replica"], r["url"]), method, path, headers) for r in replicas))
-        found = [(r["replica"], a) for r, a in zip(replicas, answers) if a is not None]
+        found = [(r["replica"], a) for r, a in zip(replicas, answers, strict=False) if a is not None]
         if not found:
             raise NoReplica()
         return found
@@ -539,7 +542,9 @@ class Router:
     ) -> Response:
         cid = self.correlation_id(request)
         if openai:
-            kind = "server_error" if status >= 500 else ("permission_error" if status == 403 else "invalid_request_error")
+            kind = (
+                "server_error" if status >= 500 else ("permission_error" if status == 403 else "invalid_request_error")
+            )
             body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         else:
             body = {"error": {"code": code, "message": message, "correlation_id": cid}}

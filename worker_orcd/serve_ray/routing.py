@@ -16,7 +16,6 @@ import logging
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional
 
 from ray.serve.request_router import (
     FIFOMixin,
@@ -41,9 +40,9 @@ class DrainAwareRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
 
     async def choose_replicas(
         self,
-        candidate_replicas: List[RunningReplica],
-        pending_request: Optional[PendingRequest] = None,
-    ) -> List[List[RunningReplica]]:
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
         """Two random replicas (same node first); Serve takes the one with the shorter queue."""
         ids = list(self.apply_locality_routing(pending_request=pending_request))
         if not ids:
@@ -52,7 +51,7 @@ class DrainAwareRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
         replicas = self.curr_replicas
         return [[replicas[i] for i in chosen if i in replicas]]
 
-    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
         if hasattr(self, "_wo_reports"):

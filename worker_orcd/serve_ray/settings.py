@@ -12,9 +12,10 @@ import argparse
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from worker_orcd.config import default_state_dir
 from worker_orcd.settings.command_line import ApiKeys, parse_api_keys, read_serve_flags
@@ -141,7 +142,7 @@ class ServeSettings:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ServeSettings":
+    def from_dict(cls, data: Mapping[str, Any]) -> ServeSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from worker_orcd.config import LEDGER_FILE
 from worker_orcd.errors import ErrorCode
@@ -108,7 +109,7 @@ def _as_recovered(record: dict[str, Any], ledger: Path) -> dict[str, Any]:
         mtime = ledger.with_name(ledger.name + "-wal").stat().st_mtime
     except OSError:
         mtime = ledger.stat().st_mtime
-    ended = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    ended = datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return {
         **record,
         "state": "failed",
@@ -121,9 +122,7 @@ def find_in_orphans(base: Path, tenant: str, job_id: str) -> dict[str, Any] | No
     for ledger in orphan_ledgers(base):
         try:
             with closing(_connect(ledger)) as conn:
-                row = conn.execute(
-                    "SELECT * FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)
-                ).fetchone()
+                row = conn.execute("SELECT * FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)).fetchone()
         except sqlite3.Error:
             continue  # a ledger being replaced under us: the adopter answers soon
         if row is not None:

@@ -24,7 +24,7 @@ class Request:
     """One question to one engine; its answer is `tokens`, None while there is none (or
     the engine went before it answered)."""
 
-    __slots__ = ("number", "engine", "tokens", "_done", "_loop", "_answered")
+    __slots__ = ("_answered", "_done", "_loop", "engine", "number", "tokens")
 
     def __init__(self, number: int, engine: Engine, loop: asyncio.AbstractEventLoop, *, on_loop: bool) -> None:
         """`on_loop`: its caller waits on `loop` (the request is made there)."""

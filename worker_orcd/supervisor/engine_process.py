@@ -59,7 +59,7 @@ class EngineProcess:
         return self.proc.pid
 
     @classmethod
-    def start(cls, config: WorkerConfig, board: CancelBoard) -> "EngineProcess":
+    def start(cls, config: WorkerConfig, board: CancelBoard) -> EngineProcess:
         front_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         channel = Channel(front_end.detach())
         log_fd = os.dup(_log_stream_fd())

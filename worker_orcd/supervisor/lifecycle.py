@@ -18,9 +18,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.channel.messages import EngineReady

@@ -14,7 +14,8 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from worker_orcd.channel.cancel_board import CancelBoard
 from worker_orcd.channel.frames import decode

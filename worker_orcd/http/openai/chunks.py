@@ -60,7 +60,7 @@ class StreamEncoder:
     an error ends with `data: {"error": {...}}` instead (WO-OAI-8).
     """
 
-    __slots__ = ("_prefix", "_suffix", "_head", "_chat", "_usage", "_prompt_tokens")
+    __slots__ = ("_chat", "_head", "_prefix", "_prompt_tokens", "_suffix", "_usage")
 
     def __init__(
         self, kind: str, completion_id: str, created: int, model: str, prompt_tokens: int, include_usage: bool

@@ -9,7 +9,8 @@ OpenAI's where OpenAI has one for the case (`model_not_found`,
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.responses import JSONResponse
 

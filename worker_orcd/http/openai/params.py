@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from worker_orcd.http.openai.errors import OpenAIError, invalid
 from worker_orcd.http.validation import (
@@ -82,13 +83,20 @@ def _is_number(v: Any) -> bool:
 def _type_name(v: Any) -> str:
     if v is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"}.get(
-        type(v), type(v).__name__
-    )
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(v), type(v).__name__)
 
 
 def _wrong_type(param: str, expected: str, value: Any) -> OpenAIError:
-    return invalid(f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.", param, "invalid_type")
+    return invalid(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.", param, "invalid_type"
+    )
 
 
 def _unsupported(param: str, why: str, code: str = "unsupported_parameter") -> OpenAIError:
@@ -109,6 +117,7 @@ def _text(value: Any, param: str, *, allow_empty: bool = True) -> str:
 
 # -- parameters the worker cannot honour, accepted only at their harmless value ------------
 # name → (is the value harmless?, what the 400 says about any other value, code)
+
 
 def _none_or(*allowed: Any) -> Callable[[Any], bool]:
     return lambda v: v is None or any(type(v) is type(a) and v == a for a in allowed)
@@ -168,8 +177,8 @@ _COMMON = (
     "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed",
     "stream", "stream_options", "user",
 )  # fmt: skip
-CHAT_PARAMS = frozenset(_COMMON + ("messages", "max_completion_tokens") + _CHAT_DEFAULT_ONLY)
-COMPLETION_PARAMS = frozenset(_COMMON + ("prompt", "logprobs") + _COMPLETION_DEFAULT_ONLY)
+CHAT_PARAMS = frozenset((*_COMMON, "messages", "max_completion_tokens", *_CHAT_DEFAULT_ONLY))
+COMPLETION_PARAMS = frozenset((*_COMMON, "prompt", "logprobs", *_COMPLETION_DEFAULT_ONLY))
 
 
 def _integer(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
@@ -226,7 +235,9 @@ def _stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
     return True, bool(usage)
 
 
-def _common(body: Mapping[str, Any], known: frozenset[str], default_only: tuple[str, ...], required: str) -> dict[str, Any]:
+def _common(
+    body: Mapping[str, Any], known: frozenset[str], default_only: tuple[str, ...], required: str
+) -> dict[str, Any]:
     for name in body:
         if name not in known:
             raise invalid(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
@@ -272,7 +283,9 @@ def _content(value: Any, param: str) -> str:
             raise _wrong_type(where, "an object", part)
         kind = part.get("type")
         if kind != "text":
-            raise _unsupported(f"{where}.type", f"{kind!r}" if isinstance(kind, str) else "other than 'text'", "unsupported_value")
+            raise _unsupported(
+                f"{where}.type", f"{kind!r}" if isinstance(kind, str) else "other than 'text'", "unsupported_value"
+            )
         for key in part:
             if key not in ("type", "text"):
                 raise invalid(f"Unknown parameter: '{where}.{key}'.", f"{where}.{key}", "unknown_parameter")
@@ -312,9 +325,14 @@ def _messages(value: Any) -> tuple[dict[str, str], ...]:
         if message.get("refusal") is not None:
             raise _unsupported(f"{where}.refusal", "(refusals)")
         if message.get("content") is None:
-            raise invalid(f"Missing required parameter: '{where}.content'.", f"{where}.content", "missing_required_parameter")
+            raise invalid(
+                f"Missing required parameter: '{where}.content'.", f"{where}.content", "missing_required_parameter"
+            )
         # `developer` is OpenAI's newer name for `system`; chat templates know `system`.
-        entry = {"role": "system" if role == "developer" else role, "content": _content(message["content"], f"{where}.content")}
+        entry = {
+            "role": "system" if role == "developer" else role,
+            "content": _content(message["content"], f"{where}.content"),
+        }
         if message.get("name") is not None:
             entry["name"] = _text(message["name"], f"{where}.name")
         out.append(entry)
@@ -327,9 +345,7 @@ def parse_chat(body: Mapping[str, Any]) -> OpenAIRequest:
     max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
     max_completion = _integer(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
     if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
-        raise invalid(
-            "'max_tokens' and 'max_completion_tokens' differ; send one of them.", "max_completion_tokens"
-        )
+        raise invalid("'max_tokens' and 'max_completion_tokens' differ; send one of them.", "max_completion_tokens")
     return OpenAIRequest(
         kind=CHAT,
         messages=messages,
