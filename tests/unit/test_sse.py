@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker_orcd.api.events import encode_event, encode_events, encode_token
 from worker_orcd.http import sse
-from worker_orcd.http.sse import EventChannel, EventStream, encode_event, encode_events, encode_token
+from worker_orcd.http.sse import EventChannel, EventStream
 from worker_orcd.jobs import events
 from worker_orcd.jobs.events import Event
-
 
 SCOPE = {"type": "http", "method": "POST"}
 
