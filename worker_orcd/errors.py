@@ -1,7 +1,7 @@
 """The worker's stable error codes.
 
 Codes are the contract: clients branch on them, so they never change meaning.
-HTTP statuses for the codes live with the HTTP layer (`worker_orcd.http.errors`).
+HTTP statuses for the codes live with the error envelopes (`worker_orcd.api.errors`).
 """
 
 from enum import Enum
@@ -34,3 +34,6 @@ class ErrorCode(str, Enum):
     VRAM_OOM = "VRAM_OOM"
     CUDA_ERROR = "CUDA_ERROR"
     INTERNAL = "INTERNAL"
+    # The Ray router's own, for a replica it could not reach or that died (WO-RAY-9, WO-RAY-12).
+    REPLICA_FAILED = "REPLICA_FAILED"
+    REPLICA_UNAVAILABLE = "REPLICA_UNAVAILABLE"

@@ -18,6 +18,7 @@ from typing import Any
 
 from msgspec.structs import asdict
 
+from worker_orcd.api.records import JobRecord
 from worker_orcd.channel.messages import ModelInfo
 from worker_orcd.config import WorkerConfig
 from worker_orcd.engine.gguf import check_model_file
@@ -132,10 +133,10 @@ class Worker:
         """Whether the ledger has a job with this id (a past one, maybe of a previous run)."""
         return self.ledger.exists(tenant, job_id)
 
-    def record_of(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+    def record_of(self, tenant: str, job_id: str) -> JobRecord | None:
         return self.ledger.get(tenant, job_id)
 
-    def recent_records(self, tenant: str, state: str | None, limit: int) -> list[dict[str, Any]]:
+    def recent_records(self, tenant: str, state: str | None, limit: int) -> list[JobRecord]:
         self.ledger.flush()
         return self.ledger.list(tenant, state=state, limit=limit)
 

@@ -12,6 +12,7 @@ import sys
 import httpx
 import pytest
 
+from worker_orcd.api.events import encode_event
 from worker_orcd.client import (
     AsyncClient,
     Client,
@@ -32,9 +33,8 @@ from worker_orcd.client import (
 )
 from worker_orcd.client.events import from_sse
 from worker_orcd.client.sse import SseEvent, aiter_events, iter_events
-from worker_orcd.http.sse import encode_event
-from worker_orcd.jobs import events as job_events
 from worker_orcd.errors import ErrorCode
+from worker_orcd.jobs import events as job_events
 
 URL = "http://worker.test"
 

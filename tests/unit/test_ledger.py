@@ -498,7 +498,7 @@ class _WriterSpy:
 
 @pytest.fixture
 def committed_batches(path, monkeypatch):
-    batches: list[list[tuple]] = []
+    batches: list[list[dict]] = []
     connect = Ledger._connect
     monkeypatch.setattr(Ledger, "_connect", lambda self: _WriterSpy(connect(self), batches))
     led = Ledger(path)
@@ -520,7 +520,7 @@ def test_a_running_jobs_cancel_request_is_committed_with_its_end(committed_batch
     cancel_running(job)
     assert ledger.flush()
     [batch] = batches[before:]
-    assert [row[2] for row in batch] == ["running", "cancelled"]
+    assert [row["state"] for row in batch] == ["running", "cancelled"]
     assert ledger.get("", "stops")["cancel_requested_at"] == job.cancel_requested_at
 
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker_orcd.api.events import encode_event, encode_events, encode_token
 from worker_orcd.http import sse
-from worker_orcd.http.sse import EventStream, encode_event, encode_events, encode_token
+from worker_orcd.http.sse import EventStream
 from worker_orcd.jobs import events
 from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.jobs.events import Event

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from worker_orcd.api.events import encode_event
 from worker_orcd.client.sse import iter_events
-from worker_orcd.http.sse import encode_event
 from worker_orcd.jobs import events
 
 STREAM = (

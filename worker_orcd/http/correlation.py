@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker_orcd.api.ids import is_job_id
 from worker_orcd.http.errors import CORRELATION_HEADER
 
-_VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HEADER = CORRELATION_HEADER.lower().encode()
 
 
@@ -20,7 +19,7 @@ def correlation_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == _HEADER:
             text = value.decode("latin-1")
-            if _VALID.fullmatch(text):
+            if is_job_id(text):  # the job id's rule (WO-CORR-1)
                 return text
             break
     return uuid.uuid4().hex

@@ -1,4 +1,4 @@
-"""Plain HTTP errors: one JSON shape for every one of them.
+"""Plain HTTP errors: one JSON shape for every one of them (`worker_orcd.api.errors`).
 
 {"error": {"code", "message", "details"?, "correlation_id"}}
 """
@@ -13,43 +13,27 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from worker_orcd.api.errors import HTTP_STATUS, error_body
 from worker_orcd.errors import ErrorCode
 from worker_orcd.log import log_event
 
 CORRELATION_HEADER = "X-Correlation-Id"
 
-HTTP_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_REQUEST: 400,
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.HOST_NOT_ALLOWED: 403,
-    ErrorCode.ORIGIN_NOT_ALLOWED: 403,
-    ErrorCode.JOB_NOT_FOUND: 404,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.METHOD_NOT_ALLOWED: 405,
-    ErrorCode.JOB_EXISTS: 409,
-    ErrorCode.REQUEST_TIMEOUT: 408,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
-    ErrorCode.TENANT_BUSY: 429,
-    ErrorCode.HEADERS_TOO_LARGE: 431,
-    ErrorCode.CANCELLED: 499,
-    ErrorCode.INTERNAL: 500,
-    ErrorCode.VRAM_OOM: 500,
-    ErrorCode.CUDA_ERROR: 500,
-    ErrorCode.WORKER_BUSY: 503,
-    ErrorCode.WORKER_SHUTTING_DOWN: 503,
-    ErrorCode.WORKER_SHUTDOWN: 503,
-    ErrorCode.WORKER_RESTARTED: 503,
-    ErrorCode.ENGINE_FAILED: 503,
-    ErrorCode.ENGINE_UNAVAILABLE: 503,
-    ErrorCode.INFERENCE_TIMEOUT: 504,
-}
-
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE}
 
 
-class RequestError(Exception):
-    """Raised by a route to answer with a JSON error; nothing has been queued."""
+class ErrorAnswer(Exception):
+    """Raised by a route to answer with an error; nothing has been queued. `headers`
+    go on the answer (Retry-After, say)."""
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class RequestError(ErrorAnswer):
+    """An error answered in the worker's own shape."""
 
     def __init__(
         self,
@@ -59,23 +43,13 @@ class RequestError(Exception):
         details: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, headers)
         self.code = code
-        self.message = message
         self.details = details
-        self.headers = dict(headers or {})
 
 
 def correlation_id_of(request: Request) -> str | None:
     return request.scope.get("state", {}).get("correlation_id")
-
-
-def error_body(code: ErrorCode, message: str, correlation_id: str | None, details: Any = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": code.value, "message": message}
-    if details is not None:
-        body["details"] = details
-    body["correlation_id"] = correlation_id
-    return {"error": body}
 
 
 def error_response(

@@ -91,11 +91,12 @@ async def get_job(request: Request) -> JSONResponse:
     )
     if record is None:
         raise RequestError(ErrorCode.JOB_NOT_FOUND, f"no job with id {job_id!r} on this worker")
+    body: dict[str, Any] = dict(record)
     if job is not None and record["state"] == "queued":
         position = worker.queue_position(job)
         if position is not None:  # None: taken from the queue since the snapshot
-            record["queue_position"] = position
-    return JSONResponse(record)
+            body["queue_position"] = position
+    return JSONResponse(body)
 
 
 async def list_jobs(request: Request) -> JSONResponse:

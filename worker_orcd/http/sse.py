@@ -15,16 +15,13 @@ reader is bounded below, by the connection's protocol (WO-LIMIT-5).
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
+from worker_orcd.api.events import encode_events as encode_events  # /execute's, which routes pass to EventStream
 from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.jobs.events import Event
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_string = json.encoder.encode_basestring  # a str as JSON, in C, as _dumps writes it
 
 PING_SEC = 15  # a comment on a stream silent this long, so proxies keep it open
 PING = b": ping\n\n"
@@ -35,21 +32,6 @@ HEADERS = [
     (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-def encode_event(event: Event) -> bytes:
-    """`event: <name>` and one `data:` line of JSON (JSON escapes every newline)."""
-    return f"event: {event.name}\ndata: {_dumps(event.data)}\n\n".encode()
-
-
-def encode_token(text: str, index: int) -> bytes:
-    """A token event as `encode_event` writes it, without going through a dict."""
-    return f'event: token\ndata: {{"t":{_string(text)},"i":{index}}}\n\n'.encode()
-
-
-def encode_events(batch: Iterable[Event]) -> bytes:
-    """`/execute`'s encoding: each event as `event:` and `data:` lines."""
-    return b"".join(encode_token(e.data["t"], e.data["i"]) if e.name == "token" else encode_event(e) for e in batch)
 
 
 class EventStream:

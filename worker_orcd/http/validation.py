@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker_orcd.api.ids import JOB_ID_PATTERN
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError
 
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_PROMPT_CHARS = 32768
 MAX_TOKENS_LIMIT = 2048
 MAX_STOP_STRINGS = 4

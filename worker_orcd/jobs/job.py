@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
+from worker_orcd.api import records
 from worker_orcd.channel.messages import Sampling
 from worker_orcd.jobs import outcomes
 from worker_orcd.jobs.cancel_flag import CancelFlag, CancelReason
@@ -160,34 +160,9 @@ class Job:
             return None
         return (self.ended_mono - self.started_mono) * 1000.0
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> records.JobRecord:
         """The job as `GET /jobs/{id}` shows it."""
-        outcome = self.outcome
-        error = None
-        if outcome is not None and outcome.error_code is not None:
-            error = {
-                "code": outcome.error_code.value,
-                "message": outcome.event.data.get("message"),
-                "retriable": outcome.event.data.get("retriable", False),
-            }
-        return {
-            "job_id": self.job_id,
-            "state": self.state.value,
-            "cancel_requested": self.cancel_requested,
-            "cancel_requested_at": self.cancel_requested_at,
-            "cancel_reason": self.cancel_flag.reason.value if self.cancel_flag.reason else None,
-            "queued_at": self.queued_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "canceled_at": self.canceled_at,
-            "tokens_out": self.tokens_out,
-            "text": self.text,
-            "text_truncated": False,
-            "stop_reason": outcome.stop_reason if outcome else None,
-            "error": error,
-            "stop_ms": outcome.stop_ms if outcome else None,
-            "cancel_ms": outcome.cancel_ms if outcome else None,
-        }
+        return records.from_job(self)
 
     def _changed(self) -> None:
         if self.on_change is not None:

@@ -21,9 +21,12 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from worker_orcd.api import records
+from worker_orcd.api.records import JobRecord
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs.job import Job, now_iso
 from worker_orcd.log import log_event
@@ -34,29 +37,8 @@ CANCEL_ROW_WAIT_SEC = 0.05
 PRUNE_EVERY = 100  # writes between retention passes
 RESTARTED_MESSAGE = "the worker restarted before this job ended; resubmit it"
 
-_COLUMNS = (
-    "tenant",
-    "job_id",
-    "state",
-    "correlation_id",
-    "prompt_tokens",
-    "queued_at",
-    "started_at",
-    "ended_at",
-    "cancel_requested_at",
-    "canceled_at",
-    "cancel_reason",
-    "tokens_out",
-    "stop_reason",
-    "error_code",
-    "error_message",
-    "error_retriable",
-    "stop_ms",
-    "cancel_ms",
-    "text",
-    "text_truncated",
-)
-_STATE, _CANCEL_REQUESTED = _COLUMNS.index("state"), _COLUMNS.index("cancel_requested_at")
+# Rows are written by column name; the column list is the record's (worker_orcd.api.records).
+_COLUMNS = records.COLUMNS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -86,17 +68,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
 """
 
+_INSERT = f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
 _UPSERT = (
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-    "ON CONFLICT (tenant, job_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
+    _INSERT
+    + "ON CONFLICT (tenant, job_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in records.KEY)
 )
-
-
 # A job id already in this ledger keeps the row it has.
-_INSERT_NEW = (
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-    "ON CONFLICT (tenant, job_id) DO NOTHING"
-)
+_INSERT_NEW = _INSERT + "ON CONFLICT (tenant, job_id) DO NOTHING"
 LEGACY_PATTERN = "jobs-*.sqlite3"
 
 
@@ -108,65 +87,23 @@ def cap_text(text: str, cap: int = TEXT_CAP_BYTES) -> tuple[str, bool]:
     return data[:cap].decode("utf-8", "ignore"), True
 
 
-def job_row(job: Job) -> tuple[Any, ...]:
-    """The job's columns as of now; taken on the thread that changed it."""
-    snap = job.snapshot()
-    text, truncated = cap_text(snap["text"])
-    error = snap["error"] or {}
-    return (
-        job.tenant,
-        job.job_id,
-        snap["state"],
-        job.correlation_id,
-        job.prompt_token_count,
-        snap["queued_at"],
-        snap["started_at"],
-        snap["ended_at"],
-        snap["cancel_requested_at"],
-        snap["canceled_at"],
-        snap["cancel_reason"],
-        snap["tokens_out"],
-        snap["stop_reason"],
-        error.get("code"),
-        error.get("message"),
-        None if not error else int(bool(error.get("retriable"))),
-        snap["stop_ms"],
-        snap["cancel_ms"],
-        text,
-        int(truncated),
-    )
+LedgerRow = dict[str, Any]  # a row by column name
 
 
-def record_of(row: sqlite3.Row, *, with_text: bool = True) -> dict[str, Any]:
+def job_row(job: Job) -> LedgerRow:
+    """The job's row as of now; taken on the thread that changed it."""
+    row = records.row_of(job)
+    row["text"], row["text_truncated"] = cap_text(row["text"])
+    return row
+
+
+def record_of(row: Mapping[str, Any], *, with_text: bool = True) -> JobRecord:
     """A ledger row in the shape of GET /jobs/{id}."""
-    error = None
-    if row["error_code"] is not None:
-        error = {
-            "code": row["error_code"],
-            "message": row["error_message"],
-            "retriable": bool(row["error_retriable"]),
-        }
-    record = {
-        "job_id": row["job_id"],
-        "state": row["state"],
-        "cancel_requested": row["cancel_requested_at"] is not None,
-        "cancel_requested_at": row["cancel_requested_at"],
-        "cancel_reason": row["cancel_reason"],
-        "queued_at": row["queued_at"],
-        "started_at": row["started_at"],
-        "ended_at": row["ended_at"],
-        "canceled_at": row["canceled_at"],
-        "tokens_out": row["tokens_out"],
-        "stop_reason": row["stop_reason"],
-        "error": error,
-        "stop_ms": row["stop_ms"],
-        "cancel_ms": row["cancel_ms"],
-        # A listing drops only `text` (WO-JOBS-4); whether it was cut is still told.
-        "text_truncated": bool(row["text_truncated"]),
-    }
-    if with_text:
-        record["text"] = row["text"]
-    return record
+    return records.from_row(row, with_text=with_text)
+
+
+def _key(row: LedgerRow) -> tuple[str, str]:
+    return row["tenant"], row["job_id"]
 
 
 class Ledger:
@@ -181,7 +118,7 @@ class Ledger:
         self.adopted = self._adopt_port_named_files()
         self.recovered = self._recover_crashed()
         self._prune(self._reader)
-        self._writes: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[LedgerRow | None] = queue.SimpleQueue()
         self._written = 0
         self._queued = 0
         self._count_lock = threading.Lock()
@@ -189,10 +126,10 @@ class Ledger:
         self._thread = threading.Thread(target=self._write_loop, name="ledger", daemon=True)
         self._thread.start()
 
-    def _with_ends(self, batch: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    def _with_ends(self, batch: list[LedgerRow]) -> LedgerRow | None:
         """Wait for the ends of the jobs whose cancel request is in `batch`, appending what
         comes meanwhile; returns None if the ledger is closing."""
-        waiting = {row[:2] for row in batch if row[_STATE] == "running" and row[_CANCEL_REQUESTED] is not None}
+        waiting = {_key(row) for row in batch if row["state"] == "running" and row["cancel_requested_at"] is not None}
         deadline = time.monotonic() + CANCEL_ROW_WAIT_SEC
         while waiting and (left := deadline - time.monotonic()) > 0:
             try:
@@ -202,8 +139,8 @@ class Ledger:
             if row is None:
                 return None
             batch.append(row)
-            if row[_STATE] not in ("queued", "running"):
-                waiting.discard(row[:2])
+            if row["state"] not in ("queued", "running"):
+                waiting.discard(_key(row))
         return batch[-1]
 
     # -- writing ---------------------------------------------------------------------------
@@ -234,7 +171,7 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def get(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+    def get(self, tenant: str, job_id: str) -> JobRecord | None:
         with self._reader_lock:
             row = self._reader.execute(
                 "SELECT * FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)
@@ -248,7 +185,7 @@ class Ledger:
             ).fetchone()
         return row is not None
 
-    def list(self, tenant: str, *, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, tenant: str, *, state: str | None = None, limit: int = 50) -> list[JobRecord]:
         """The tenant's most recent jobs, newest first, without their text."""
         sql = "SELECT * FROM jobs WHERE tenant = ?"
         args: list[Any] = [tenant]
@@ -279,8 +216,9 @@ class Ledger:
             if old == self.path:
                 continue
             source = sqlite3.connect(old, isolation_level=None)
+            source.row_factory = sqlite3.Row
             try:
-                rows = source.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY seq").fetchall()
+                rows = [dict(r) for r in source.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY seq")]
             except sqlite3.Error as exc:
                 log_event("ledger_adopt_failed", logging.WARNING, file=old.name, error=str(exc))
                 continue

@@ -6,13 +6,15 @@ Pure functions over bytes and dicts, so they are tested without Ray.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-REPLICA_FAILED = "REPLICA_FAILED"
-REPLICA_UNAVAILABLE = "REPLICA_UNAVAILABLE"
+from worker_orcd.api.errors import HTTP_STATUS, openai_error_body
+from worker_orcd.api.events import SseParser, encode_data, encode_event, is_openai_terminal, is_terminal
+from worker_orcd.errors import ErrorCode
+from worker_orcd.jobs import events
+
 REPLICA_FAILED_MESSAGE = (
     "the replica running this job died; the job's record reads failed with WORKER_RESTARTED "
     "(GET /jobs/{id}); resubmit it under a new job_id"
@@ -116,7 +118,8 @@ def merge_jobs(lists: Iterable[list[dict[str, Any]]], limit: int) -> list[dict[s
 
 
 class StreamEnd:
-    """Watches a relayed event stream for its terminal event, across chunk boundaries.
+    """Watches a relayed event stream for its terminal event, across chunk boundaries,
+    with the worker's own decoder.
 
     `/execute` ends with an `end` or `error` event; the OpenAI routes with
     `data: [DONE]` or a `data: {"error": …}` chunk.
@@ -125,36 +128,19 @@ class StreamEnd:
     def __init__(self, openai: bool) -> None:
         self.openai = openai
         self.ended = False
-        self._tail = b""
+        self._feed = SseParser().feed
+        self._ends = is_openai_terminal if openai else is_terminal
 
     def feed(self, chunk: bytes) -> None:
         if self.ended:
             return
-        data = self._tail + chunk
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
-        for raw in lines:
-            line = raw.rstrip(b"\r")
-            if self.openai:
-                if line == b"data: [DONE]" or line.startswith(b'data: {"error"'):
-                    self.ended = True
-                    return
-            elif line in (b"event: end", b"event: error", b"event:end", b"event:error"):
-                self.ended = True
-                return
+        self.ended = any(map(self._ends, self._feed(chunk)))
 
     def failure(self, job_id: str | None) -> bytes:
         """The one terminal event for a stream whose replica died before it ended."""
+        code = ErrorCode.REPLICA_FAILED
         if self.openai:
-            error = {
-                "message": REPLICA_FAILED_MESSAGE,
-                "type": "server_error",
-                "param": None,
-                "code": REPLICA_FAILED,
-                "retriable": True,
-            }
-            return b"data: " + json.dumps({"error": error}, separators=(",", ":")).encode() + b"\n\n"
-        data = {"code": REPLICA_FAILED, "message": REPLICA_FAILED_MESSAGE, "retriable": True}
-        if job_id is not None:
-            data["job_id"] = job_id
-        return b"event: error\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+            error = openai_error_body(HTTP_STATUS[code], REPLICA_FAILED_MESSAGE, code, retriable=True)
+            return encode_data(error).encode()
+        extra = {"job_id": job_id} if job_id is not None else {}
+        return encode_event(events.error(code, REPLICA_FAILED_MESSAGE, True, **extra))

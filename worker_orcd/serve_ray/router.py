@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 import uuid
 from collections import OrderedDict
@@ -47,6 +46,8 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from worker_orcd.api.errors import HTTP_STATUS, error_body, openai_error_body
+from worker_orcd.api.ids import is_job_id
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.auth import TokenTable, bearer_token
 from worker_orcd.serve_ray import merge, slots
@@ -57,7 +58,6 @@ from worker_orcd.serve_ray.settings import ServeSettings
 
 logger = logging.getLogger("ray.serve")
 
-JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CORRELATION = "x-correlation-id"
 EXECUTE_PATHS = {"/execute": False, "/v1/chat/completions": True, "/v1/completions": True}
 OWNERS_KEPT = 10_000
@@ -109,23 +109,20 @@ class Router:
             if path == "/shutdown" and method == "POST":
                 return self.error(
                     request,
-                    403,
-                    "FORBIDDEN",
+                    ErrorCode.FORBIDDEN,
                     "a replica's worker is stopped by Serve: scale the deployment down or delete the application",
                 )
             return await self.forward_any(request)
         except BodyTooLarge:  # as a worker answers it, before any of its routes
             return self.error(
                 request,
-                413,
-                ErrorCode.PAYLOAD_TOO_LARGE.value,
+                ErrorCode.PAYLOAD_TOO_LARGE,
                 f"request body exceeds {self.max_body_bytes} bytes",
             )
         except NoReplica:
             return self.error(
                 request,
-                503,
-                merge.REPLICA_UNAVAILABLE,
+                ErrorCode.REPLICA_UNAVAILABLE,
                 "no replica's worker could be reached; retry shortly",
                 headers={"Retry-After": "1"},
                 openai=path.startswith("/v1/"),
@@ -133,7 +130,7 @@ class Router:
         except Exception:  # answered in the contract's error shape, not Serve's plain 500
             logger.exception(f"worker-orcd router: {method} {path} failed")
             return self.error(
-                request, 500, "INTERNAL", "internal error; the router logged it", openai=path.startswith("/v1/")
+                request, ErrorCode.INTERNAL, "internal error; the router logged it", openai=path.startswith("/v1/")
             )
 
     # -- executes ----------------------------------------------------------------------
@@ -152,8 +149,7 @@ class Router:
             if claimed is False:
                 return self.error(
                     request,
-                    409,
-                    "JOB_EXISTS",
+                    ErrorCode.JOB_EXISTS,
                     f"job {job_id!r} already exists on this application; use a new job_id",
                     openai=openai,
                     headers={"x-should-retry": "false"} if openai else None,
@@ -220,8 +216,7 @@ class Router:
         if isinstance(exc, BackPressureError):
             return self.error(
                 request,
-                503,
-                "WORKER_BUSY",
+                ErrorCode.WORKER_BUSY,
                 "every worker's queue and Serve's queue are full; retry later",
                 headers={"Retry-After": "1"},
                 openai=openai,
@@ -229,8 +224,7 @@ class Router:
         logger.warning(f"worker-orcd: an execute's replica failed before answering: {exc!r}")
         return self.error(
             request,
-            503,
-            merge.REPLICA_FAILED,
+            ErrorCode.REPLICA_FAILED,
             "the replica chosen for this job failed before it answered; resubmit it under a new job_id",
             headers={"Retry-After": "1"},
             openai=openai,
@@ -242,7 +236,8 @@ class Router:
         done = False
         try:
             async for chunk in stream:
-                watch.feed(chunk)
+                if is_sse:  # a plain body has no terminal event to watch for
+                    watch.feed(chunk)
                 yield chunk
             done = True
         except asyncio.CancelledError:
@@ -421,7 +416,7 @@ class Router:
 
     def correlation_id(self, request: Request) -> str:
         cid = request.headers.get(CORRELATION)
-        if cid is None or not JOB_ID.fullmatch(cid):
+        if not is_job_id(cid):  # the job id's rule (WO-CORR-1)
             cid = request.scope.setdefault("state", {}).setdefault("wo_correlation_id", uuid.uuid4().hex)
         return cid
 
@@ -443,7 +438,7 @@ class Router:
                 value = json.loads(body).get("job_id")
             except (ValueError, AttributeError, RecursionError):
                 return None
-        return value if isinstance(value, str) and JOB_ID.fullmatch(value) else None
+        return value if is_job_id(value) else None
 
     def remember(self, tenant: str, job_id: str, replica: str, url: str) -> None:
         self.owners[(tenant, job_id)] = (replica, url)
@@ -533,21 +528,16 @@ class Router:
     def error(
         self,
         request: Request,
-        status: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         *,
         headers: dict[str, str] | None = None,
         openai: bool = False,
     ) -> Response:
+        """The router's own answer, in the shape a worker's would have."""
         cid = self.correlation_id(request)
-        if openai:
-            kind = (
-                "server_error" if status >= 500 else ("permission_error" if status == 403 else "invalid_request_error")
-            )
-            body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        else:
-            body = {"error": {"code": code, "message": message, "correlation_id": cid}}
+        status = HTTP_STATUS[code]
+        body = openai_error_body(status, message, code) if openai else error_body(code, message, cid)
         return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Correlation-Id": cid})
 
 
@@ -568,7 +558,7 @@ def _cancel_id(body: bytes) -> str | None:
     if not isinstance(data, dict) or set(data) != {"job_id"}:
         return None
     value = data["job_id"]
-    return value if isinstance(value, str) and JOB_ID.fullmatch(value) else None
+    return value if is_job_id(value) else None
 
 
 def _headers_dict(headers: list[tuple[str, str]]) -> dict[str, str]:

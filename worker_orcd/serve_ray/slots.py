@@ -126,7 +126,7 @@ def find_in_orphans(base: Path, tenant: str, job_id: str) -> dict[str, Any] | No
         except sqlite3.Error:
             continue  # a ledger being replaced under us: the adopter answers soon
         if row is not None:
-            return _as_recovered(record_of(row), ledger)
+            return _as_recovered(dict(record_of(row)), ledger)
     return None
 
 
@@ -149,5 +149,5 @@ def list_in_orphans(base: Path, tenant: str, state: str | None, limit: int) -> l
                 ).fetchall()
         except sqlite3.Error:
             continue
-        found += [_as_recovered(record_of(row, with_text=False), ledger) for row in rows]
+        found += [_as_recovered(dict(record_of(row, with_text=False)), ledger) for row in rows]
     return found

@@ -2,25 +2,21 @@
 
 Per token the stream costs one `json` encoding of the token's text: each
 chunk's JSON around it (id, object, created, model, choices) is built once per
-request, so a token chunk is `prefix + json(text) + suffix` (WO-OAI-11).
+request, so a token chunk is `prefix + json(text) + suffix` (WO-OAI-11). The
+framing (`data:` lines, `[DONE]`) and the error envelope are `worker_orcd.api`'s.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from worker_orcd.errors import ErrorCode
-from worker_orcd.http.errors import HTTP_STATUS
-from worker_orcd.http.openai.errors import error_type
+from worker_orcd.api.errors import OpenAIErrorEnvelope, openai_error_body, status_of
+from worker_orcd.api.events import DATA, DONE, EVENT_END, encode_data, json_string, json_text
 from worker_orcd.http.openai.params import CHAT
 from worker_orcd.jobs.events import Event
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
 # The worker's stop_reason → OpenAI's finish_reason.
 FINISH_REASON = {"eos": "stop", "stop": "stop", "max_tokens": "length"}
-DONE = "data: [DONE]\n\n"
 # The fields of the worker's error event besides code and message, kept in OpenAI's error object.
 _ERROR_EXTRAS = ("retriable", "tokens_out", "stop_ms", "cancel_ms", "forced")
 
@@ -33,20 +29,11 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def status_of(code: str) -> int:
-    """The HTTP status of a job's error code (section 10's table; 500 for a code it lacks)."""
-    try:
-        return HTTP_STATUS.get(ErrorCode(code), 500)
-    except ValueError:
-        return 500
-
-
-def job_error(data: dict[str, Any]) -> dict[str, Any]:
-    """A job's terminal `error` event as OpenAI's error object, with the worker's extra fields."""
+def job_error(data: dict[str, Any]) -> OpenAIErrorEnvelope:
+    """A job's terminal `error` event in OpenAI's error envelope, with the worker's extra fields."""
     code = data["code"]
-    error = {"message": data["message"], "type": error_type(status_of(code), code), "param": None, "code": code}
-    error.update((k, data[k]) for k in _ERROR_EXTRAS if k in data)
-    return error
+    extras = {k: data[k] for k in _ERROR_EXTRAS if k in data}
+    return openai_error_body(status_of(code), data["message"], code, **extras)
 
 
 class StreamEncoder:
@@ -70,8 +57,8 @@ class StreamEncoder:
         self._prompt_tokens = prompt_tokens
         obj = "chat.completion.chunk" if self._chat else "text_completion"
         # '{"id":…,"object":…,"created":…,"model":…' — each chunk goes on from here.
-        self._head = "data: " + _dumps({"id": completion_id, "object": obj, "created": created, "model": model})[:-1]
-        tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+        self._head = DATA + json_text({"id": completion_id, "object": obj, "created": created, "model": model})[:-1]
+        tail = (',"usage":null}' if include_usage else "}") + EVENT_END
         if self._chat:
             self._prefix = self._head + ',"choices":[{"index":0,"delta":{"content":'
             self._suffix = '},"logprobs":null,"finish_reason":null}]' + tail
@@ -84,7 +71,7 @@ class StreamEncoder:
         parts = []
         for event in batch:
             if event.name == "token":
-                parts.append(prefix + _dumps(event.data["t"]) + suffix)
+                parts.append(prefix + json_string(event.data["t"]) + suffix)
             else:
                 parts.append(self._other(event))
         return "".join(parts).encode()
@@ -93,7 +80,7 @@ class StreamEncoder:
         rest: dict[str, Any] = {"choices": choices}
         if self._usage:
             rest["usage"] = usage_value
-        return self._head + "," + _dumps(rest)[1:] + "\n\n"
+        return self._head + "," + json_text(rest)[1:] + EVENT_END
 
     def _other(self, event: Event) -> str:
         if event.name == "started":
@@ -113,7 +100,7 @@ class StreamEncoder:
                 out += self._chunk([], usage(self._prompt_tokens, data["tokens_out"]))
             return out + DONE
         if event.name == "error":
-            return "data: " + _dumps({"error": job_error(event.data)}) + "\n\n"
+            return encode_data(job_error(event.data))
         return ""
 
 
@@ -123,8 +110,7 @@ def completion_body(
     """The non-streaming answer, status and body, from the job's events."""
     last = events[-1]
     if last.name == "error":
-        error = job_error(last.data)
-        return status_of(error["code"]), {"error": error}
+        return status_of(last.data["code"]), dict(job_error(last.data))
     text = "".join(e.data["t"] for e in events if e.name == "token")
     finish = FINISH_REASON.get(last.data["stop_reason"], "stop")
     if kind == CHAT:

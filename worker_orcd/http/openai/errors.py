@@ -10,36 +10,20 @@ OpenAI's where OpenAI has one for the case (`model_not_found`,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from starlette.responses import JSONResponse
 
+from worker_orcd.api.errors import HTTP_STATUS, OpenAIErrorEnvelope, openai_error_body
 from worker_orcd.errors import ErrorCode
-from worker_orcd.http.errors import HTTP_STATUS, RequestError
-
-INVALID_REQUEST = "invalid_request_error"
+from worker_orcd.http.errors import ErrorAnswer, RequestError
 
 # Set on answers a retry cannot help: the openai client otherwise retries 409,
 # 429 and 5xx on its own, and a retry of a job named by X-Request-Id is a 409.
 NO_RETRY = {"x-should-retry": "false"}
 
 
-def error_type(status: int, code: str | None = None) -> str:
-    if code == ErrorCode.CANCELLED.value:
-        return "cancelled"
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return INVALID_REQUEST
-
-
-class OpenAIError(Exception):
-    """Raised by the OpenAI routes to answer with an error; nothing has been queued."""
+class OpenAIError(ErrorAnswer):
+    """An error answered in OpenAI's shape: `code` is OpenAI's own (a str) or the worker's."""
 
     def __init__(
         self,
@@ -47,25 +31,16 @@ class OpenAIError(Exception):
         message: str,
         *,
         param: str | None = None,
-        code: str | None = None,
+        code: ErrorCode | str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, headers)
         self.status = status
-        self.message = message
         self.param = param
         self.code = code
-        self.headers = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": error_type(self.status, self.code),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    def body(self) -> OpenAIErrorEnvelope:
+        return openai_error_body(self.status, self.message, self.code, self.param)
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -85,9 +60,9 @@ def from_request_error(exc: RequestError, kind: str) -> OpenAIError:
     headers = dict(exc.headers)
     if exc.code is ErrorCode.JOB_EXISTS:
         headers.update(NO_RETRY)
-        return OpenAIError(status, f"{exc.message} (the X-Request-Id header)", code=exc.code.value, headers=headers)
+        return OpenAIError(status, f"{exc.message} (the X-Request-Id header)", code=exc.code, headers=headers)
     if exc.code is not ErrorCode.INVALID_REQUEST or not exc.details:
-        return OpenAIError(status, exc.message, code=exc.code.value, headers=headers)
+        return OpenAIError(status, exc.message, code=exc.code, headers=headers)
     # Limits checked with the tokenizer (the prompt against the context, stop strings, top_k).
     first = exc.details[0]
     field, reason = first["field"], first["reason"]
