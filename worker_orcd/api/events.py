@@ -59,9 +59,7 @@ def encode_token(text: str, index: int) -> bytes:
 
 def encode_events(batch: Iterable[WireEvent]) -> bytes:
     """`/execute`'s encoding of a batch of events, in one write."""
-    return b"".join(
-        encode_token(e.data["t"], e.data["i"]) if e.name == "token" else encode_event(e) for e in batch
-    )
+    return b"".join(encode_token(e.data["t"], e.data["i"]) if e.name == "token" else encode_event(e) for e in batch)
 
 
 def encode_data(value: Any) -> str:
