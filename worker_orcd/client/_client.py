@@ -12,7 +12,8 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 try:
@@ -20,9 +21,18 @@ try:
 except ImportError as exc:  # the package itself does not need httpx; its client does
     raise ImportError('worker_orcd.client needs httpx: pip install "worker-orcd[client]"', name=exc.name) from exc
 
+from worker_orcd.api.events import (
+    TERMINAL_NAMES,
+    SseEvent,
+    aiter_events,
+    is_done,
+    is_terminal,
+    iter_events,
+    openai_error_of,
+)
 from worker_orcd.client.errors import IncompleteStream, WorkerError, error_from_response
-from worker_orcd.client.events import TERMINAL_NAMES, End, Error, Started, StreamEvent, Token, from_sse
-from worker_orcd.client.sse import SseEvent, aiter_events, iter_events
+from worker_orcd.client.events import End, Error, Started, StreamEvent, Token, from_sse
+from worker_orcd.errors import ErrorCode
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "WORKER_ORCD_API_TOKEN"
@@ -40,21 +50,31 @@ def new_job_id() -> str:
     return f"py-{uuid.uuid4().hex}"
 
 
-def _named(
-    max_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
-    stop: str | Sequence[str] | None,
-) -> dict[str, Any]:
-    """The options every job request names (None: not sent)."""
-    return {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "seed": seed,
-        "stop": _stop_list(stop),
-    }
+class JobOptions(TypedDict, total=False):
+    """The options stream() and chat() name; any other keyword is sent in the body as given."""
+
+    job_id: str | None  # made when not given, so that a stream can always cancel its job
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    stop: str | Sequence[str] | None
+    correlation_id: str | None
+    headers: Mapping[str, str] | None
+    cancel_on_exit: bool
+
+
+_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop")
+
+
+def _split(options: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], Mapping[str, str] | None, bool]:
+    """A stream's options: its job id, the named body fields (None: not sent), the others
+    as given, its extra headers and whether leaving it early cancels the job."""
+    named = {k: options.get(k) for k in _SAMPLING}
+    named["stop"] = _stop_list(named["stop"])
+    params = {k: v for k, v in options.items() if k not in JobOptions.__annotations__}
+    job_id = options.get("job_id") or new_job_id()
+    return job_id, named, params, options.get("headers"), options.get("cancel_on_exit", True)
 
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str] | None:
@@ -63,16 +83,24 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str] | None:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-class _Base:
-    """What both clients share: addresses, the token, request bodies, retry pacing."""
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+S = TypeVar("S", "Stream", "AsyncStream")
+C = TypeVar("C", "Client", "AsyncClient")
+
+
+class _Base(Generic[H, S]):
+    """What both clients share: addresses, the token, request bodies, retry pacing, and
+    the making of a job's stream (opened by the caller, as its client is sync or async)."""
 
     def __init__(
         self,
-        url: str | None,
-        api_token: str | None,
-        http_client: httpx.Client | httpx.AsyncClient | None,
-        headers: Mapping[str, str] | None,
-        cancel_retries: int,
+        url: str | None = None,
+        *,
+        api_token: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        http_client: H | None = None,
+        headers: Mapping[str, str] | None = None,
+        cancel_retries: int = CANCEL_RETRIES,
     ) -> None:
         # With a caller's client and no url, paths are relative to the client's base_url.
         self.url = (url or ("" if http_client is not None else DEFAULT_URL)).rstrip("/")
@@ -82,6 +110,45 @@ class _Base:
         # The env var does not override a token the caller's own client already sends.
         if token and (api_token is not None or http_client is None or "authorization" not in http_client.headers):
             self._headers["Authorization"] = f"Bearer {token}"
+        self._owned = http_client is None
+        self._model: str | None = None
+        self.http: H = http_client if http_client is not None else self._new_http(timeout)
+
+    def _new_http(self, timeout: float | httpx.Timeout | None) -> H:
+        raise NotImplementedError
+
+    def _new_stream(self, chat: bool, job_id: str, body: dict[str, Any], headers: dict[str, str], cancel: bool) -> S:
+        raise NotImplementedError
+
+    def stream(self, prompt: str, **options: Unpack[JobOptions]) -> S:
+        """POST /execute, as a context manager: `with client.stream(...) as events:` (an
+        AsyncClient's: `async with client.stream(...) as events: async for e in events:`).
+
+        Options (JobOptions) left None are not sent (the worker's defaults apply); other
+        keywords (top_k, repetition_penalty, ...) are sent as given. Entering sends the
+        request and raises WorkerError for an HTTP error; iterating yields Started,
+        Token..., then End or Error. Leaving the block before the terminal event (break, an
+        exception, Ctrl-C, the task being cancelled) sends POST /cancel for the job, unless
+        `cancel_on_exit` is False (then closing the connection is all: the worker cancels
+        the job as a disconnect).
+        """
+        job_id, named, params, headers, cancel_on_exit = _split(options)
+        body = self._body(prompt, job_id, named, params)
+        sent_headers = self._stream_headers(options.get("correlation_id"), headers)
+        return self._new_stream(False, job_id, body, sent_headers, cancel_on_exit)
+
+    def chat(
+        self, messages: str | Sequence[Mapping[str, Any]], *, model: str | None = None, **options: Unpack[JobOptions]
+    ) -> S:
+        """Like stream(), with the model's own chat template applied by the worker: through
+        its OpenAI route, POST /v1/chat/completions (`messages`: a user's text, or OpenAI
+        messages). The events are the same typed ones (Started carries only job_id and
+        model; with stop strings, End's stop_reason "stop" also covers EOS: OpenAI's
+        finish_reason does not tell them apart). `model` defaults to the worker's."""
+        job_id, named, params, headers, cancel_on_exit = _split(options)
+        correlation_id = options.get("correlation_id")
+        body, sent_headers = self._chat_request(messages, job_id, model, named, params, correlation_id, headers)
+        return self._new_stream(True, job_id, body, sent_headers, cancel_on_exit)
 
     def _url(self, path: str) -> str:
         return self.url + path
@@ -153,25 +220,16 @@ def _check(response: httpx.Response) -> Any:
 # -- sync -----------------------------------------------------------------------------------
 
 
-class Client(_Base):
+class Client(_Base[httpx.Client, "Stream"]):
     """The worker's API, blocking. `url` defaults to http://127.0.0.1:8080; the token is
     `api_token` or else $WORKER_ORCD_API_TOKEN. Pass `http_client` to reuse a pooled
     `httpx.Client` (it is not closed by `close()`); otherwise one is made and owned."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        api_token: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        http_client: httpx.Client | None = None,
-        headers: Mapping[str, str] | None = None,
-        cancel_retries: int = CANCEL_RETRIES,
-    ) -> None:
-        super().__init__(url, api_token, http_client, headers, cancel_retries)
-        self._owned = http_client is None
-        self._model: str | None = None
-        self.http = http_client if http_client is not None else httpx.Client(timeout=timeout)
+    def _new_http(self, timeout: float | httpx.Timeout | None) -> httpx.Client:
+        return httpx.Client(timeout=timeout)
+
+    def _new_stream(self, chat: bool, *request: Any) -> Stream:
+        return (ChatStream if chat else Stream)(self, *request)
 
     def close(self) -> None:
         if self._owned:
@@ -182,66 +240,6 @@ class Client(_Base):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def stream(
-        self,
-        prompt: str,
-        *,
-        job_id: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        correlation_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        cancel_on_exit: bool = True,
-        **params: Any,
-    ) -> Stream:
-        """POST /execute, as a context manager: `with client.stream(...) as events:`.
-
-        Options left None are not sent (the worker's defaults apply); `params` (top_k,
-        repetition_penalty, ...) are sent as given. Entering sends the request and raises
-        WorkerError for an HTTP error; iterating yields Started, Token..., then End or Error.
-        Leaving the block before the terminal event (break, an exception, Ctrl-C) sends
-        POST /cancel for the job, unless `cancel_on_exit` is False (then closing the
-        connection is all: the worker cancels the job as a disconnect).
-        """
-        job_id = job_id or new_job_id()
-        named = _named(max_tokens, temperature, top_p, seed, stop)
-        return Stream(
-            self,
-            job_id,
-            self._body(prompt, job_id, named, params),
-            self._stream_headers(correlation_id, headers),
-            cancel_on_exit,
-        )
-
-    def chat(
-        self,
-        messages: str | Sequence[Mapping[str, Any]],
-        *,
-        job_id: str | None = None,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        correlation_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        cancel_on_exit: bool = True,
-        **params: Any,
-    ) -> Stream:
-        """Like stream(), with the model's own chat template applied by the worker: through
-        its OpenAI route, POST /v1/chat/completions (`messages`: a user's text, or OpenAI
-        messages). The events are the same typed ones (Started carries only job_id and
-        model; with stop strings, End's stop_reason "stop" also covers EOS: OpenAI's
-        finish_reason does not tell them apart). `model` defaults to the worker's."""
-        job_id = job_id or new_job_id()
-        named = _named(max_tokens, temperature, top_p, seed, stop)
-        body, sent_headers = self._chat_request(messages, job_id, model, named, params, correlation_id, headers)
-        return ChatStream(self, job_id, body, sent_headers, cancel_on_exit)
 
     def model(self) -> str:
         """The name of the model the worker serves (GET /v1/models)."""
@@ -285,15 +283,22 @@ class Client(_Base):
             pass  # closing the stream next still cancels it, as a disconnect
 
 
-class _StreamState:
-    """What a stream has seen, kept by the raw reader; the typed views are built on demand."""
+@dataclass(eq=False, repr=False)
+class _StreamState(Generic[C]):
+    """A stream's request and what it has seen, kept by the raw reader; the typed views
+    are built on demand."""
 
+    client: C
     job_id: str
-    _started_sse: SseEvent | None = None
-    _terminal_sse: SseEvent | None = None
-    _started: Started | None = None
-    _terminal: End | Error | None = None
-    response: httpx.Response | None = None
+    body: dict[str, Any]
+    headers: dict[str, str]
+    cancel_on_exit: bool
+    response: httpx.Response | None = field(default=None, init=False)
+    _closed: bool = field(default=False, init=False)
+    _started_sse: SseEvent | None = field(default=None, init=False)
+    _terminal_sse: SseEvent | None = field(default=None, init=False)
+    _started: Started | None = field(default=None, init=False)
+    _terminal: End | Error | None = field(default=None, init=False)
 
     @property
     def started(self) -> Started | None:
@@ -313,25 +318,40 @@ class _StreamState:
     def ended(self) -> bool:
         return self._terminal_sse is not None
 
+    def _cancels_on_close(self, cancel: bool | None) -> bool:
+        """Whether closing now sends the job's cancel: asked to, and the job not seen ending."""
+        wanted = self.cancel_on_exit if cancel is None else cancel
+        return wanted and self.response is not None and self._terminal_sse is None
 
-class Stream(_StreamState):
+    def _note(self, event: SseEvent) -> bool:
+        """Keep the raw event a typed view is made of; True for the terminal one."""
+        name = event.name
+        if name in TERMINAL_NAMES:
+            self._terminal_sse = event
+            return True
+        if name == "started":
+            self._started_sse = event
+        return False
+
+    def _typed(self, event: SseEvent) -> StreamEvent:
+        typed = from_sse(event)
+        if typed.terminal:
+            self._terminal = typed  # type: ignore[assignment]
+        elif type(typed) is Started:
+            self._started = typed
+        return typed
+
+    def _chat_events(self) -> ChatEvents:
+        return ChatEvents(self.job_id, bool(self.body.get("stop")))
+
+
+class Stream(_StreamState["Client"]):
     """One job's stream. Iterate for typed events; `sse_events()` gives the reader's raw
     SseEvents instead (no typed event built: for code that only counts and times tokens).
     Both continue from where the other stopped."""
 
     path = "/execute"
-
-    def __init__(
-        self, client: Client, job_id: str, body: dict[str, Any], headers: dict[str, str], cancel_on_exit: bool
-    ) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.body = body
-        self.headers = headers
-        self.cancel_on_exit = cancel_on_exit
-        self.response = None
-        self._raw: Iterator[SseEvent] | None = None
-        self._closed = False
+    _raw: Iterator[SseEvent] | None = None
 
     def open(self) -> Stream:
         """Send the request and read the answer's headers; raises WorkerError for an HTTP error.
@@ -370,8 +390,7 @@ class Stream(_StreamState):
             return
         self._closed = True
         try:
-            wanted = self.cancel_on_exit if cancel is None else cancel
-            if wanted and self.response is not None and self._terminal_sse is None:
+            if self._cancels_on_close(cancel):
                 self.client._cancel_quietly(self.job_id)
         finally:
             if self.response is not None:
@@ -399,27 +418,15 @@ class Stream(_StreamState):
         # iter_raw: no decoding layers; the worker sends no Content-Encoding.
         chunks = response.iter_bytes() if "content-encoding" in response.headers else response.iter_raw()
         for event in self._source(chunks):
-            name = event.name
-            if name == "token":
-                yield event
-            elif name in TERMINAL_NAMES:
-                self._terminal_sse = event
-                yield event
+            ended = event.name != "token" and self._note(event)  # tokens: the fast path
+            yield event
+            if ended:
                 return  # nothing follows a terminal event (WO-JOB-2)
-            else:
-                if name == "started":
-                    self._started_sse = event
-                yield event
         raise IncompleteStream(self.job_id)
 
     def __iter__(self) -> Iterator[StreamEvent]:
         for event in self.sse_events():
-            typed = from_sse(event)
-            if typed.terminal:
-                self._terminal = typed  # type: ignore[assignment]
-            elif type(typed) is Started:
-                self._started = typed
-            yield typed
+            yield self._typed(event)
 
     def text(self) -> str:
         """Read the rest of the stream; the text of its tokens. The terminal event is then
@@ -430,24 +437,15 @@ class Stream(_StreamState):
 # -- async ----------------------------------------------------------------------------------
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base[httpx.AsyncClient, "AsyncStream"]):
     """Client for asyncio: the same methods, awaited; `stream()` is an async context manager.
     Cancelling the task inside `async with client.stream(...)` sends the job's cancel."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        api_token: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        http_client: httpx.AsyncClient | None = None,
-        headers: Mapping[str, str] | None = None,
-        cancel_retries: int = CANCEL_RETRIES,
-    ) -> None:
-        super().__init__(url, api_token, http_client, headers, cancel_retries)
-        self._owned = http_client is None
-        self._model: str | None = None
-        self.http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
+    def _new_http(self, timeout: float | httpx.Timeout | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout)
+
+    def _new_stream(self, chat: bool, *request: Any) -> AsyncStream:
+        return (AsyncChatStream if chat else AsyncStream)(self, *request)
 
     async def aclose(self) -> None:
         if self._owned:
@@ -458,54 +456,6 @@ class AsyncClient(_Base):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-    def stream(
-        self,
-        prompt: str,
-        *,
-        job_id: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        correlation_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        cancel_on_exit: bool = True,
-        **params: Any,
-    ) -> AsyncStream:
-        """Client.stream for asyncio: `async with client.stream(...) as events: async for e in events:`."""
-        job_id = job_id or new_job_id()
-        named = _named(max_tokens, temperature, top_p, seed, stop)
-        return AsyncStream(
-            self,
-            job_id,
-            self._body(prompt, job_id, named, params),
-            self._stream_headers(correlation_id, headers),
-            cancel_on_exit,
-        )
-
-    def chat(
-        self,
-        messages: str | Sequence[Mapping[str, Any]],
-        *,
-        job_id: str | None = None,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        correlation_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        cancel_on_exit: bool = True,
-        **params: Any,
-    ) -> AsyncStream:
-        """Client.chat for asyncio."""
-        job_id = job_id or new_job_id()
-        named = _named(max_tokens, temperature, top_p, seed, stop)
-        body, sent_headers = self._chat_request(messages, job_id, model, named, params, correlation_id, headers)
-        return AsyncChatStream(self, job_id, body, sent_headers, cancel_on_exit)
 
     async def model(self) -> str:
         if self._model is None:
@@ -552,7 +502,7 @@ class AsyncClient(_Base):
         await asyncio.shield(task)
 
 
-class AsyncStream(_StreamState):
+class AsyncStream(_StreamState["AsyncClient"]):
     """Stream for asyncio: `async for` typed events, `sse_events()` for raw ones.
 
     The body is read by a task of its own, so cancelling the task that iterates never
@@ -561,20 +511,9 @@ class AsyncStream(_StreamState):
     """
 
     path = "/execute"
-
-    def __init__(
-        self, client: AsyncClient, job_id: str, body: dict[str, Any], headers: dict[str, str], cancel_on_exit: bool
-    ) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.body = body
-        self.headers = headers
-        self.cancel_on_exit = cancel_on_exit
-        self.response = None
-        self._raw: AsyncIterator[SseEvent] | None = None
-        self._events: asyncio.Queue | None = None
-        self._reader: asyncio.Task | None = None
-        self._closed = False
+    _raw: AsyncIterator[SseEvent] | None = None
+    _events: asyncio.Queue | None = None
+    _reader: asyncio.Task | None = None
 
     async def open(self) -> AsyncStream:
         if self.response is not None:
@@ -612,8 +551,7 @@ class AsyncStream(_StreamState):
             return
         self._closed = True
         try:
-            wanted = self.cancel_on_exit if cancel is None else cancel
-            if wanted and self.response is not None and self._terminal_sse is None:
+            if self._cancels_on_close(cancel):
                 await self.client._cancel_quietly(self.job_id)
         finally:
             if self._reader is not None:
@@ -645,7 +583,7 @@ class AsyncStream(_StreamState):
         try:
             async for event in source(chunks):
                 events.put_nowait(event)
-                if event.name in TERMINAL_NAMES:
+                if is_terminal(event):
                     break
         except asyncio.CancelledError:
             raise
@@ -661,24 +599,15 @@ class AsyncStream(_StreamState):
                 break
             if isinstance(item, Exception):
                 raise item
-            name = item.name
-            if name in TERMINAL_NAMES:
-                self._terminal_sse = item
-                yield item
-                return
-            if name == "started":
-                self._started_sse = item
+            ended = self._note(item)
             yield item
+            if ended:
+                return
         raise IncompleteStream(self.job_id)
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         async for event in self.sse_events():
-            typed = from_sse(event)
-            if typed.terminal:
-                self._terminal = typed  # type: ignore[assignment]
-            elif type(typed) is Started:
-                self._started = typed
-            yield typed
+            yield self._typed(event)
 
     async def text(self) -> str:
         return "".join([e.text async for e in self if type(e) is Token])
@@ -720,17 +649,16 @@ class ChatEvents:
                 yield mapped
 
     def one(self, event: SseEvent) -> SseEvent | None:
-        if event.raw == "[DONE]":  # no usage chunk came: count the token events
+        if is_done(event):  # no usage chunk came: count the token events
             return self._end(event, None) if self.finish is not None else None
-        data = event.data
-        error = data.get("error")
-        if isinstance(error, dict):
-            fields = {k: error[k] for k in ("tokens_out", "stop_ms", "cancel_ms", "forced") if k in error}
-            code = error.get("code") or "INTERNAL"
+        error = openai_error_of(event)
+        if error is not None:
+            code = error.get("code") or ErrorCode.INTERNAL.value
             retriable = bool(error.get("retriable", False))
-            return _made(
-                "error", {"code": code, "message": error.get("message", ""), "retriable": retriable, **fields}, event
-            )
+            made: dict[str, Any] = {"code": code, "message": error.get("message", ""), "retriable": retriable}
+            made.update((k, error[k]) for k in ("tokens_out", "stop_ms", "cancel_ms", "forced") if k in error)
+            return _made("error", made, event)
+        data = event.data
         choices = data.get("choices")
         if not choices:
             usage = data.get("usage")
@@ -770,7 +698,7 @@ class ChatStream(Stream):
             self.body["model"] = self.client.model()
 
     def _source(self, chunks: Iterator[bytes]) -> Iterator[SseEvent]:
-        return ChatEvents(self.job_id, bool(self.body.get("stop"))).map(iter_events(chunks))
+        return self._chat_events().map(iter_events(chunks))
 
 
 class AsyncChatStream(AsyncStream):
@@ -781,4 +709,4 @@ class AsyncChatStream(AsyncStream):
             self.body["model"] = await self.client.model()
 
     def _source(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
-        return ChatEvents(self.job_id, bool(self.body.get("stop"))).amap(aiter_events(chunks))
+        return self._chat_events().amap(aiter_events(chunks))

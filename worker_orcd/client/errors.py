@@ -10,8 +10,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from worker_orcd.errors import ErrorCode
+
 # Answers that say "not now": the same request may succeed later (they carry Retry-After).
-RETRIABLE_CODES = frozenset({"WORKER_BUSY", "TENANT_BUSY", "WORKER_SHUTTING_DOWN", "ENGINE_UNAVAILABLE"})
+RETRIABLE_CODES = frozenset(
+    c.value
+    for c in (
+        ErrorCode.WORKER_BUSY,
+        ErrorCode.TENANT_BUSY,
+        ErrorCode.WORKER_SHUTTING_DOWN,
+        ErrorCode.ENGINE_UNAVAILABLE,
+    )
+)
 # Client-side code of IncompleteStream: never one of the worker's.
 STREAM_INCOMPLETE = "STREAM_INCOMPLETE"
 
@@ -80,20 +90,16 @@ class IncompleteStream(WorkerError):
         self.job_id = job_id
 
 
-_BY_CODE: dict[str, type[WorkerError]] = {
-    "INVALID_REQUEST": InvalidRequest,
-    "UNAUTHORIZED": Unauthorized,
-    "FORBIDDEN": Forbidden,
-    "HOST_NOT_ALLOWED": Forbidden,
-    "ORIGIN_NOT_ALLOWED": Forbidden,
-    "JOB_NOT_FOUND": NotFound,
-    "NOT_FOUND": NotFound,
-    "JOB_EXISTS": JobExists,
-    "WORKER_BUSY": QueueFull,
-    "TENANT_BUSY": QueueFull,
-    "WORKER_SHUTTING_DOWN": Unavailable,
-    "ENGINE_UNAVAILABLE": Unavailable,
+_CLASSES: dict[type[WorkerError], tuple[ErrorCode, ...]] = {
+    InvalidRequest: (ErrorCode.INVALID_REQUEST,),
+    Unauthorized: (ErrorCode.UNAUTHORIZED,),
+    Forbidden: (ErrorCode.FORBIDDEN, ErrorCode.HOST_NOT_ALLOWED, ErrorCode.ORIGIN_NOT_ALLOWED),
+    NotFound: (ErrorCode.JOB_NOT_FOUND, ErrorCode.NOT_FOUND),
+    JobExists: (ErrorCode.JOB_EXISTS,),
+    QueueFull: (ErrorCode.WORKER_BUSY, ErrorCode.TENANT_BUSY),
+    Unavailable: (ErrorCode.WORKER_SHUTTING_DOWN, ErrorCode.ENGINE_UNAVAILABLE),
 }
+_BY_CODE: dict[str, type[WorkerError]] = {code.value: cls for cls, codes in _CLASSES.items() for code in codes}
 # For answers without the worker's JSON body (a proxy's, say).
 _BY_STATUS: dict[int, type[WorkerError]] = {
     400: InvalidRequest,

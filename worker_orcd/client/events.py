@@ -14,13 +14,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from worker_orcd.client.sse import SseEvent
-
-TERMINAL_NAMES = ("end", "error")
+from worker_orcd.api.events import SseEvent
+from worker_orcd.errors import ErrorCode
 
 
 @dataclass(frozen=True, slots=True)
-class Started:
+class _Event:
+    """What every event has besides its own fields (keywords: after them)."""
+
+    at: float = field(default=0.0, compare=False, kw_only=True)
+    data: Any = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+    terminal: ClassVar[bool] = False
+
+    @property
+    def raw(self) -> str:
+        return json.dumps(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Started(_Event):
     """The job left the queue and runs."""
 
     job_id: str
@@ -29,51 +41,31 @@ class Started:
     seed: int | None
     prompt_tokens: int | None
     correlation_id: str | None
-    at: float = field(default=0.0, compare=False)
-    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     name: ClassVar[str] = "started"
-    terminal: ClassVar[bool] = False
-
-    @property
-    def raw(self) -> str:
-        return json.dumps(self.data)
 
 
 @dataclass(frozen=True, slots=True)
-class Token:
+class Token(_Event):
     """Text, always whole UTF-8 characters; `index` counts events from 0, without gaps."""
 
     text: str
     index: int
-    at: float = field(default=0.0, compare=False)
-    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     name: ClassVar[str] = "token"
-    terminal: ClassVar[bool] = False
-
-    @property
-    def raw(self) -> str:
-        return json.dumps(self.data)
 
 
 @dataclass(frozen=True, slots=True)
-class End:
+class End(_Event):
     """The job completed: `stop_reason` is `eos`, `max_tokens` or `stop`."""
 
     stop_reason: str
     tokens_out: int
     decode_time_ms: float | None
-    at: float = field(default=0.0, compare=False)
-    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     name: ClassVar[str] = "end"
     terminal: ClassVar[bool] = True
 
-    @property
-    def raw(self) -> str:
-        return json.dumps(self.data)
-
 
 @dataclass(frozen=True, slots=True)
-class Error:
+class Error(_Event):
     """The job ended without completing: `code` is one of WO-SSE-4 (`CANCELLED` for a
     cancel, with `tokens_out`, `stop_ms`, `cancel_ms`, and `forced` when the engine
     had to be killed)."""
@@ -85,32 +77,23 @@ class Error:
     stop_ms: float | None = None
     cancel_ms: float | None = None
     forced: bool = False
-    at: float = field(default=0.0, compare=False)
-    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     name: ClassVar[str] = "error"
     terminal: ClassVar[bool] = True
 
     @property
     def cancelled(self) -> bool:
-        return self.code == "CANCELLED"
-
-    @property
-    def raw(self) -> str:
-        return json.dumps(self.data)
+        return self.code == ErrorCode.CANCELLED
 
 
 @dataclass(frozen=True, slots=True)
 class OtherEvent:
     """An event this client does not know (a newer worker's); passed on, not dropped."""
 
-    name: str  # an instance field here, a class constant elsewhere
+    name: str
     data: Any = field(default=None, compare=False)
     at: float = field(default=0.0, compare=False)
     terminal: ClassVar[bool] = False
-
-    @property
-    def raw(self) -> str:
-        return json.dumps(self.data)
+    raw = _Event.raw
 
 
 StreamEvent = Started | Token | End | Error | OtherEvent
@@ -118,15 +101,17 @@ StreamEvent = Started | Token | End | Error | OtherEvent
 
 def _started(d: dict[str, Any], at: float) -> Started:
     g = d.get
-    return Started(d["job_id"], g("model"), g("started_at"), g("seed"), g("prompt_tokens"), g("correlation_id"), at, d)
+    return Started(
+        d["job_id"], g("model"), g("started_at"), g("seed"), g("prompt_tokens"), g("correlation_id"), at=at, data=d
+    )
 
 
 def _token(d: dict[str, Any], at: float) -> Token:
-    return Token(d["t"], d["i"], at, d)
+    return Token(d["t"], d["i"], at=at, data=d)
 
 
 def _end(d: dict[str, Any], at: float) -> End:
-    return End(d["stop_reason"], d["tokens_out"], d.get("decode_time_ms"), at, d)
+    return End(d["stop_reason"], d["tokens_out"], d.get("decode_time_ms"), at=at, data=d)
 
 
 def _error(d: dict[str, Any], at: float) -> Error:
@@ -139,8 +124,8 @@ def _error(d: dict[str, Any], at: float) -> Error:
         g("stop_ms"),
         g("cancel_ms"),
         bool(g("forced", False)),
-        at,
-        d,
+        at=at,
+        data=d,
     )
 
 

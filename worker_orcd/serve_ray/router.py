@@ -214,21 +214,12 @@ class Router:
         if claimed:  # nothing was queued, or the replica that took it is gone
             self.directory.release.remote(tenant, job_id)
         if isinstance(exc, BackPressureError):
-            return self.error(
-                request,
-                ErrorCode.WORKER_BUSY,
-                "every worker's queue and Serve's queue are full; retry later",
-                headers={"Retry-After": "1"},
-                openai=openai,
-            )
-        logger.warning(f"worker-orcd: an execute's replica failed before answering: {exc!r}")
-        return self.error(
-            request,
-            ErrorCode.REPLICA_FAILED,
-            "the replica chosen for this job failed before it answered; resubmit it under a new job_id",
-            headers={"Retry-After": "1"},
-            openai=openai,
-        )
+            code, message = ErrorCode.WORKER_BUSY, "every worker's queue and Serve's queue are full; retry later"
+        else:
+            logger.warning(f"worker-orcd: an execute's replica failed before answering: {exc!r}")
+            code = ErrorCode.REPLICA_FAILED
+            message = "the replica chosen for this job failed before it answered; resubmit it under a new job_id"
+        return self.error(request, code, message, headers={"Retry-After": "1"}, openai=openai)
 
     async def relay(
         self, stream: Any, watch: merge.StreamEnd, is_sse: bool, replica: str, job_id: str | None
