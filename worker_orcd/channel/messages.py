@@ -63,10 +63,10 @@ class ModelInfo(msgspec.Struct, frozen=True, array_like=True):
     tokenizer_kind: str
     vocab_size: int
     n_ctx_train: int
-    backend: str  # cpu | cuda | …
+    backend: str  # what runs it: "cpu", or the GPU's backend ("cuda", "metal", "vulkan", …)
     gpu_layers: int
-    chat_template: str | None = None
-    bos_token: str | None = None
+    chat_template: str | None = None  # the GGUF's `tokenizer.chat_template` (Jinja2), if it has one
+    bos_token: str | None = None  # the BOS and EOS tokens' text, for templates that write them ("" if none)
     eos_token: str | None = None
     bos_id: int | None = None
 

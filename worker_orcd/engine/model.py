@@ -8,33 +8,16 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 
+from worker_orcd.channel.messages import ModelInfo
 from worker_orcd.engine import devices, llama_log
 from worker_orcd.engine.gguf import ModelLoadError, check_model_file
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    name: str
-    path: str
-    size_bytes: int
-    quant_kind: str
-    tokenizer_kind: str
-    vocab_size: int
-    n_ctx_train: int
-    backend: str  # what runs it: "cpu", or the GPU's backend ("cuda", "metal", "vulkan", …)
-    gpu_layers: int
-    chat_template: str | None  # the GGUF's `tokenizer.chat_template` (Jinja2), if it has one
-    bos_token: str  # the BOS and EOS tokens' text, for templates that write them ("" if none)
-    eos_token: str
-    bos_id: int | None
 
 
 def init_backend() -> None:

@@ -29,7 +29,6 @@ from worker_orcd.channel.messages import (
     EngineFailed,
     EngineReady,
     Exit,
-    ModelInfo,
     PrefillChunk,
     RunRequest,
     Tokenize,
@@ -112,25 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = Threads.choose(config.threads, fixed=bool(config.n_threads))
     loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, threads=threads, faults=faults)
     loop.start()
-    info = model.info
     channel.send(
         EngineReady(
             pid=os.getpid(),
-            model=ModelInfo(
-                name=info.name,
-                path=info.path,
-                size_bytes=info.size_bytes,
-                quant_kind=info.quant_kind,
-                tokenizer_kind=info.tokenizer_kind,
-                vocab_size=info.vocab_size,
-                n_ctx_train=info.n_ctx_train,
-                backend=info.backend,
-                gpu_layers=info.gpu_layers,
-                chat_template=info.chat_template,
-                bos_token=info.bos_token,
-                eos_token=info.eos_token,
-                bos_id=info.bos_id,
-            ),
+            model=model.info,
             prefill_chunk=PrefillChunk(**chunk.health()),
             flash_attn=config.flash_attn,
             gpu=model.device.describe() if model.device is not None else None,
