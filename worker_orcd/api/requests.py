@@ -131,8 +131,8 @@ class _Body(BaseModel):
     @classmethod
     def _null_is_absent(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            keep = cls.null_is_a_value
-            return {k: v for k, v in data.items() if v is not None or k in keep}
+            keep, fields = cls.null_is_a_value, cls.model_fields
+            return {k: v for k, v in data.items() if v is not None or k in keep or k not in fields}
         return data
 
 
@@ -176,19 +176,19 @@ class ExecuteRequest(_Sampled, _Body):
     top_p: TopP = Field(1.0, description="1.0 is off.")
     top_k: TopK = Field(0, description="0 is off; at most the model's vocabulary size (`vocab_size` in /health), else 400.")
     repetition_penalty: RepetitionPenalty = Field(1.0, description="1.0 is off, and so is 0.0.")
-    stop: tuple[StopString, ...] = Field(
-        (),
-        strict=False,  # a JSON array; its items stay strict
-        max_length=MAX_STOP_STRINGS,
-        description='Generation ends with `stop_reason: "stop"` at the first of these; the stop string is not sent '
-        "(WO-EXEC-6). Each at most 32 tokens.",
-    )
     seed: int = Field(
         default_factory=_random_seed,
         ge=0,
         le=SEED_MAX,
         description="Default: generated, reported in `started`. Same model, prompt, seed and settings give the same "
         "tokens; the sampler gets seed mod (2^32 − 1) (WO-EXEC-5).",
+    )
+    stop: tuple[StopString, ...] = Field(
+        (),
+        strict=False,  # a JSON array; its items stay strict
+        max_length=MAX_STOP_STRINGS,
+        description='Generation ends with `stop_reason: "stop"` at the first of these; the stop string is not sent '
+        "(WO-EXEC-6). Each at most 32 tokens.",
     )
 
     @property

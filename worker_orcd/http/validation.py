@@ -90,6 +90,8 @@ def _reason(model: type[BaseModel], error: ErrorDetails) -> str:
     if name == "prompt":
         if kind == "string_type":
             return "must be a string"
+        if kind == "string_unicode":
+            return "must be Unicode text (it holds a lone surrogate)"
         return "must not be empty" if kind == "string_too_short" else f"must be at most {MAX_PROMPT_CHARS} characters"
     if name == "stop":
         items = error["input"]

@@ -86,6 +86,8 @@ def _error(model: type[OpenAIRequest], error: ErrorDetails) -> OpenAIError:
     if kind in _EXPECTED:
         expected = _EXPECTED[kind]
         return invalid(f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.", param, "invalid_type")
+    if kind == "string_unicode":
+        return invalid(f"'{param}' is not valid Unicode text (a lone surrogate).", param)
     if kind in ("greater_than_equal", "less_than_equal"):
         low = high = None
         for item in model.model_fields[param].metadata:
