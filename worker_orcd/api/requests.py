@@ -229,7 +229,7 @@ class JobsQuery(_Body):
     """The query of GET /jobs."""
 
     state: JobState | None = Field(None, description="Only jobs in this state.")
-    limit: Annotated[int, BeforeValidator(_count), Field(ge=1, le=LIST_LIMIT_MAX)] = LIST_LIMIT_DEFAULT
+    limit: Annotated[int, Field(ge=1, le=LIST_LIMIT_MAX), BeforeValidator(_count)] = LIST_LIMIT_DEFAULT
 
 
 # -- the OpenAI-compatible API ------------------------------------------------------------
