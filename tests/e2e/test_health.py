@@ -7,6 +7,7 @@ import time
 import llama_cpp
 import pytest
 
+from worker_orcd.api.health import Health
 from tests.e2e.helpers import StreamThread, cancel, job_of, long_prompt_job, terminal, uid, wait_active
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
@@ -44,6 +45,7 @@ def test_health_fields(client, worker):
     assert first.status_code == 200
     h = first.json()
     assert set(h) == HEALTH_FIELDS
+    Health.model_validate(h)  # the record as worker_orcd.api.health declares it, no field more
     assert h["status"] == "healthy" and h["resident"] is True
     assert h["model"].endswith(".gguf") and h["quant_kind"]
     assert h["tokenizer_kind"] == "gpt2" and h["vocab_size"] == 49152

@@ -21,7 +21,12 @@ def test_every_model_slot_is_filled():
     for name in ("ExecuteRequest", "CancelRequest", "OpenAIChatRequest", "OpenAICompletionRequest", "Health", "JobId"):
         assert isinstance(schemas[name], dict) and "title" not in schemas[name]
     limit = document["paths"]["/jobs"]["get"]["parameters"][1]
-    assert limit["name"] == "limit" and limit["schema"] == {"default": 50, "maximum": 1000, "minimum": 1, "type": "integer"}
+    assert limit["name"] == "limit" and limit["schema"] == {
+        "default": 50,
+        "maximum": 1000,
+        "minimum": 1,
+        "type": "integer",
+    }
 
 
 def test_health_models_forbid_what_they_do_not_declare():

@@ -120,7 +120,7 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
         if "oneOf" in prop and NULL in prop["oneOf"]:  # a query has no null: absent is the default
             (prop,) = [o for o in prop["oneOf"] if o != NULL]
         elif isinstance(prop.get("type"), list):
-            prop["type"] = [t for t in prop["type"] if t != "null"][0]
+            prop["type"] = next(t for t in prop["type"] if t != "null")
         parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in schema.get("required", ())}
         parameter["schema"] = prop
         if description:
@@ -148,7 +148,9 @@ def document() -> dict[str, Any]:
         for operation in path.values():
             if "parameters" in operation:
                 operation["parameters"] = [
-                    q for p in operation["parameters"] for q in (_query_parameters(_model(p), generated) if _is_marker(p) else [p])
+                    q
+                    for p in operation["parameters"]
+                    for q in (_query_parameters(_model(p), generated) if _is_marker(p) else [p])
                 ]
     schemas = {name: generated.pop(name) if _is_marker(value) else value for name, value in slots.items()}
     schemas.update(generated)  # the models' own parts (a health record's engine, …)

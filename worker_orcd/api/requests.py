@@ -16,9 +16,11 @@ route knows how many tokens the job may make.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
-from typing import Annotated, Any, Callable, ClassVar, Literal, Protocol
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -29,8 +31,8 @@ from pydantic import (
     Field,
     Strict,
     Tag,
-    WithJsonSchema,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -98,12 +100,21 @@ def type_name(value: Any) -> str:
     """A JSON value's kind, in the words of OpenAI's errors."""
     if value is None:
         return "null"
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "an object"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 def wrong_type(expected: str, value: Any) -> PydanticCustomError:
-    return reject("invalid_type", f"Invalid type for '{{param}}': expected {expected}, but got {type_name(value)} instead.")
+    return reject(
+        "invalid_type", f"Invalid type for '{{param}}': expected {expected}, but got {type_name(value)} instead."
+    )
 
 
 class SamplingFields(Protocol):
@@ -136,18 +147,14 @@ class _Body(BaseModel):
         return data
 
 
+# Every setting but max_tokens (known once the prompt is tokenized) is the body's field of that name.
+_SAMPLED = tuple(f.name for f in dataclasses.fields(Sampling) if f.name != "max_tokens")
+
+
 class _Sampled:
     def sampling(self: SamplingFields, max_tokens: int) -> Sampling:
         """The engine's settings for this request, given the tokens the job may make."""
-        return Sampling(
-            max_tokens=max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-            stop=self.stop,
-        )
+        return Sampling(max_tokens=max_tokens, **{name: getattr(self, name) for name in _SAMPLED})
 
 
 def _random_seed() -> int:
@@ -174,7 +181,9 @@ class ExecuteRequest(_Sampled, _Body):
     )
     temperature: Temperature = Field(1.0, description="0.0 is greedy.")
     top_p: TopP = Field(1.0, description="1.0 is off.")
-    top_k: TopK = Field(0, description="0 is off; at most the model's vocabulary size (`vocab_size` in /health), else 400.")
+    top_k: TopK = Field(
+        0, description="0 is off; at most the model's vocabulary size (`vocab_size` in /health), else 400."
+    )
     repetition_penalty: RepetitionPenalty = Field(1.0, description="1.0 is off, and so is 0.0.")
     seed: int = Field(
         default_factory=_random_seed,
@@ -297,9 +306,7 @@ def _never(v: Any) -> bool:
     return False
 
 
-def _default_only(
-    harmless: Callable[[Any], bool], why: str, code: str, schema: dict[str, Any]
-) -> Any:
+def _default_only(harmless: Callable[[Any], bool], why: str, code: str, schema: dict[str, Any]) -> Any:
     return Annotated[Any, BeforeValidator(_only(harmless, why, code)), Field(json_schema_extra=schema)]
 
 
@@ -334,7 +341,9 @@ class _OpenAIBody(_Sampled, _Body):
     temperature: Temperature = Field(1.0, description="0 is greedy.")
     top_p: TopP = Field(1.0, description="1 is off.")
     top_k: TopK = Field(0, description="Worker extension, as in `/execute`: 0 is off; at most the vocabulary size.")
-    repetition_penalty: RepetitionPenalty = Field(1.0, description="Worker extension, as in `/execute`: 1 (and 0) is off.")
+    repetition_penalty: RepetitionPenalty = Field(
+        1.0, description="Worker extension, as in `/execute`: 1 (and 0) is off."
+    )
     stop: Annotated[OpenAIStop, BeforeValidator(_stop)] = ()
     seed: int = Field(
         default_factory=_random_seed,
@@ -399,7 +408,9 @@ def _content_kind(value: Any) -> str | None:
 
 Content = Annotated[
     Annotated[Text, Tag("<text>")] | Annotated[list[OpenAITextPart], Tag("<parts>")],
-    Discriminator(_content_kind, custom_error_type="content_type", custom_error_message="a string or an array of content parts"),
+    Discriminator(
+        _content_kind, custom_error_type="content_type", custom_error_message="a string or an array of content parts"
+    ),
     Field(description="Text, or text parts (joined with newlines)."),
 ]
 

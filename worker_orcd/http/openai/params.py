@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -34,7 +34,7 @@ CHAT = "chat"
 COMPLETION = "completion"
 REQUEST_ID_HEADER = "X-Request-Id"
 
-OpenAIRequest = Union[OpenAIChatRequest, OpenAICompletionRequest]
+OpenAIRequest = OpenAIChatRequest | OpenAICompletionRequest
 
 # pydantic's type errors → what OpenAI's message says was expected.
 _EXPECTED = {
@@ -57,8 +57,10 @@ _SIZES = {
     ("user", "too_long"): ("'user' is at most {max_length} characters.", "invalid_value"),
     ("messages", "too_short"): ("'messages' must hold at least one message.", "empty_array"),
     ("messages", "too_long"): (
-        "Invalid 'messages': array too long. Expected an array with maximum length {max_length}, "
-        "but got an array with length {actual_length} instead.",
+        (
+            "Invalid 'messages': array too long. Expected an array with maximum length {max_length}, "
+            "but got an array with length {actual_length} instead."
+        ),
         "array_above_max_length",
     ),
 }
