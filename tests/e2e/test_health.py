@@ -9,6 +9,7 @@ import pytest
 
 from testkit.streams import StreamThread, cancel, job_of, terminal, uid, wait_active
 from tests.e2e.helpers import long_prompt_job
+from worker_orcd.api.health import Health
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 
@@ -45,6 +46,7 @@ def test_health_fields(client, worker):
     assert first.status_code == 200
     h = first.json()
     assert set(h) == HEALTH_FIELDS
+    Health.model_validate(h)  # the record as worker_orcd.api.health declares it, no field more
     assert h["status"] == "healthy" and h["resident"] is True
     assert h["model"].endswith(".gguf") and h["quant_kind"]
     assert h["tokenizer_kind"] == "gpt2" and h["vocab_size"] == 49152

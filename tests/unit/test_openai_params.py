@@ -36,12 +36,12 @@ def rejected(parse, body: dict) -> OpenAIError:
 
 def test_chat_defaults_and_mapping():
     req = parse_chat(CHAT)
-    assert req.messages == ({"role": "user", "content": "Hi"},)
+    assert req.template_messages == ({"role": "user", "content": "Hi"},)
     assert (req.max_tokens, req.temperature, req.top_p, req.top_k, req.repetition_penalty) == (None, 1.0, 1.0, 0, 1.0)
     assert req.stop == () and req.stream is False and req.include_usage is False and req.user is None
     assert 0 <= req.seed < 2**64
-    job = req.to_execute("job-1", "prompt text")
-    assert job.job_id == "job-1" and job.prompt == "prompt text" and job.seed == req.seed
+    sampling = req.sampling(max_tokens=5)
+    assert sampling.max_tokens == 5 and sampling.seed == req.seed and sampling.stop == ()
 
 
 def test_chat_parameters():
@@ -79,7 +79,7 @@ def test_messages_roles_parts_and_names():
             ],
         }
     )
-    assert req.messages == (
+    assert req.template_messages == (
         {"role": "system", "content": "Be brief."},  # `developer` is OpenAI's newer `system`
         {"role": "user", "content": "a\nb", "name": "ann"},
         {"role": "assistant", "content": "ok"},
@@ -177,7 +177,7 @@ def test_unknown_parameters_come_first():
 
 def test_completion_defaults_and_prompt_forms():
     req = parse_completion(COMPLETION)
-    assert req.prompt == "Once" and req.messages == ()
+    assert req.prompt == "Once" and req.template_messages == ()
     assert req.max_tokens == COMPLETION_DEFAULT_MAX_TOKENS == 16  # OpenAI's default here
     assert parse_completion({**COMPLETION, "prompt": ["Twice"]}).prompt == "Twice"
     for harmless in ({"echo": False}, {"best_of": 1}, {"logprobs": None}, {"suffix": None}, {"n": 1}):

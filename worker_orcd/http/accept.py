@@ -14,15 +14,16 @@ from typing import Any
 
 from starlette.requests import Request
 
+from worker_orcd.api.requests import SampledRequest
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.offload import offload_of
 from worker_orcd.http.sse import EventStream, encode_events
-from worker_orcd.http.validation import ExecuteRequest, check_token_limits
+from worker_orcd.http.validation import check_token_limits
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.jobs.events import Event
-from worker_orcd.jobs.job import Job, Sampling
+from worker_orcd.jobs.job import Job
 from worker_orcd.jobs.manager import TenantBusy
 from worker_orcd.jobs.queue import QueueClosed, QueueFull
 from worker_orcd.jobs.registry import JobExists
@@ -49,28 +50,30 @@ def ensure_accepting(worker: Worker) -> None:
 async def accept(
     request: Request,
     worker: Worker,
-    req: ExecuteRequest,
+    job_id: str,
+    prompt: str,
+    req: SampledRequest,
     *,
     adjust: TokenAdjust | None = None,
     log_fields: dict[str, Any] | None = None,
 ) -> tuple[Job, EventChannel]:
-    """Tokenize and queue a validated request; raises RequestError with nothing queued.
+    """Tokenize and queue a validated request as job `job_id`; raises RequestError with nothing queued.
 
     `adjust` changes the prompt's tokens before their limits are checked.
     """
     ensure_accepting(worker)
     tenant = tenant_of(request)
     offload = offload_of(request)
-    if worker.find(tenant, req.job_id) is not None:
-        raise job_exists(req.job_id)
+    if worker.find(tenant, job_id) is not None:
+        raise job_exists(job_id)
     # The ledger's look-up (on a thread) and the engine's tokenizing (a round trip to the
     # engine process, which has the vocabulary) overlap: both stand before the first token.
-    in_ledger = asyncio.ensure_future(offload.ledger_call(worker.on_record, tenant, req.job_id))
+    in_ledger = asyncio.ensure_future(offload.ledger_call(worker.on_record, tenant, job_id))
     try:
-        prompt_tokens, stop_tokens = await worker.tokenize_on_loop(req.prompt, req.stop, offload.engine_call)
+        prompt_tokens, stop_tokens = await worker.tokenize_on_loop(prompt, req.stop, offload.engine_call)
     except EngineUnavailable as exc:
         if await in_ledger:
-            raise job_exists(req.job_id) from None
+            raise job_exists(job_id) from None
         raise RequestError(
             ErrorCode.ENGINE_UNAVAILABLE,
             f"the engine cannot take jobs: {exc}",
@@ -80,7 +83,7 @@ async def accept(
         in_ledger.cancel()
         raise
     if await in_ledger:
-        raise job_exists(req.job_id)
+        raise job_exists(job_id)
     if adjust is not None:
         prompt_tokens = adjust(prompt_tokens)
     model = worker.model
@@ -93,17 +96,9 @@ async def accept(
     )
     channel = EventChannel(asyncio.get_running_loop())
     job = Job(
-        job_id=req.job_id,
+        job_id=job_id,
         prompt_tokens=prompt_tokens,
-        sampling=Sampling(
-            max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            repetition_penalty=req.repetition_penalty,
-            seed=req.seed,
-            stop=req.stop,
-        ),
+        sampling=req.sampling(max_tokens),
         model=model.name,
         correlation_id=correlation_id_of(request),
         tenant=tenant,
@@ -112,7 +107,7 @@ async def accept(
     try:
         worker.submit(job)
     except JobExists:
-        raise job_exists(req.job_id) from None
+        raise job_exists(job_id) from None
     except TenantBusy as exc:
         raise RequestError(
             ErrorCode.TENANT_BUSY,

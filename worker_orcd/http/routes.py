@@ -52,7 +52,7 @@ async def execute(request: Request) -> EventStream:
     try:
         ensure_accepting(worker)
         req = parse_execute(await _json_body(request))
-        job, channel = await accept(request, worker, req)
+        job, channel = await accept(request, worker, req.job_id, req.prompt, req)
     except RequestError:
         worker.rejected()
         raise

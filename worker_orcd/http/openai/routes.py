@@ -36,6 +36,7 @@ from worker_orcd.http.openai.params import (
     CHAT,
     COMPLETION,
     REQUEST_ID_HEADER,
+    OpenAICompletionRequest,
     OpenAIRequest,
     check_model,
     parse_chat,
@@ -86,8 +87,16 @@ async def _complete(request: Request, kind: str) -> Response | EventStream:
         log_fields: dict[str, Any] = {"api": f"openai.{kind}"}
         if req.user is not None:
             log_fields["user"] = req.user
+        # Both OpenAI bodies make their Sampling (SampledRequest); mypy reads pydantic's
+        # declared fields as other types than the protocol's.
         job, channel = await accept(
-            request, worker, req.to_execute(job_id, prompt), adjust=adjust, log_fields=log_fields
+            request,
+            worker,
+            job_id,
+            prompt,
+            req,  # type: ignore[arg-type]
+            adjust=adjust,
+            log_fields=log_fields,
         )
     except RequestError as exc:
         worker.rejected()
@@ -119,11 +128,11 @@ async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIR
         body = parse_json_object(await request.body())
     except RequestError as exc:
         raise invalid(f"The request body could not be parsed: {exc.message}", None, "invalid_json") from None
-    req = parse_chat(body) if kind == CHAT else parse_completion(body)
+    req: OpenAIRequest = parse_chat(body) if kind == CHAT else parse_completion(body)
     model = worker.model
     check_model(req.model, model.name)
     job_id = request_id(request.headers, kind)
-    if kind != CHAT:
+    if isinstance(req, OpenAICompletionRequest):
         return req, job_id, req.prompt, None
 
     source = model.chat_template
@@ -137,7 +146,7 @@ async def _prepare(request: Request, worker: Worker, kind: str) -> tuple[OpenAIR
         )
     special = special_tokens_of(asdict(model)) if uses_special_tokens(source) else NO_SPECIAL_TOKENS
     try:
-        prompt = await render_off_loop(source, req.messages, special)
+        prompt = await render_off_loop(source, req.template_messages, special)
     except ChatTemplateError as exc:
         raise invalid(str(exc), "messages", "chat_template_error") from None
     if not prompt:
