@@ -150,6 +150,12 @@ def test_prompt_length_limit_is_in_characters():
     assert parse_execute({**VALID, "prompt": "\u4e2d" * 32768}).prompt == "\u4e2d" * 32768
 
 
+def test_a_prompt_with_a_lone_surrogate_is_refused_by_name():
+    # JSON can carry "\\ud800", which no UTF-8 encoding of the prompt could (WO-EXEC-2).
+    body = parse_json_object(b'{"job_id": "job-1", "prompt": "a\\ud800b"}')
+    assert _bad_fields(body) == ["prompt"]
+
+
 def test_missing_and_unknown_fields():
     assert _bad_fields({}) == ["job_id", "prompt"]
     fields = _bad_fields({**VALID, "model": "x", "n": 2})
