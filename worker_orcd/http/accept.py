@@ -14,11 +14,12 @@ from typing import Any
 
 from starlette.requests import Request
 
+from worker_orcd.api.events import encode_events
 from worker_orcd.api.requests import SampledRequest
 from worker_orcd.errors import ErrorCode
 from worker_orcd.http.errors import RequestError, correlation_id_of
 from worker_orcd.http.offload import offload_of
-from worker_orcd.http.sse import EventStream, encode_events
+from worker_orcd.http.sse import EventStream
 from worker_orcd.http.validation import check_token_limits
 from worker_orcd.jobs.cancel_flag import CancelReason
 from worker_orcd.jobs.event_channel import EventChannel

@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
-from worker_orcd.api.events import encode_events as encode_events  # /execute's, which routes pass to EventStream
 from worker_orcd.jobs.event_channel import EventChannel
 from worker_orcd.jobs.events import Event
 
