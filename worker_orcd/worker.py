@@ -18,7 +18,8 @@ from typing import Any
 
 from msgspec.structs import asdict
 
-from worker_orcd.api.records import JobRecord
+from worker_orcd.api.health import Health
+from worker_orcd.api.records import JobRecord, JobSummary
 from worker_orcd.channel.messages import ModelInfo
 from worker_orcd.config import WorkerConfig
 from worker_orcd.engine.gguf import check_model_file
@@ -136,7 +137,7 @@ class Worker:
     def record_of(self, tenant: str, job_id: str) -> JobRecord | None:
         return self.ledger.get(tenant, job_id)
 
-    def recent_records(self, tenant: str, state: str | None, limit: int) -> list[JobRecord]:
+    def recent_records(self, tenant: str, state: str | None, limit: int) -> list[JobSummary]:
         self.ledger.flush()
         return self.ledger.list(tenant, state=state, limit=limit)
 
@@ -164,14 +165,15 @@ class Worker:
         """Whether a job sent now would be taken and run."""
         return self.accepting and self.engine.state == "ready" and self.manager.queue.has_room()
 
-    def health(self) -> dict[str, Any]:
-        """Cached state only: never waits for the engine or the GPU."""
+    def health(self) -> Health:
+        """Cached state only: never waits for the engine or the GPU. Everything shown, `active_job`
+        included: `worker_orcd.http.health` trims it for the caller."""
         info = self.engine.model
         ready = self.engine.info
         active = self.engine.active
         engine = self.engine.health()
         vram = self.vram.latest  # one sample: the figure and its scope agree
-        return {
+        record = {
             "status": "healthy" if self.accepting and engine["state"] != "failed" else "unhealthy",
             "model": info.name,
             "resident": engine["state"] == "ready",
@@ -194,7 +196,10 @@ class Worker:
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
             "engine": engine,
+            "busy": active is not None,
+            "ready": self.ready,
         }
+        return Health.model_validate(record)
 
     def _gpu(self, device: dict[str, Any] | None) -> dict[str, Any] | None:
         """The engine's GPU as ggml names it, and how NVML found it (or why not)."""

@@ -75,4 +75,4 @@ def test_the_ledger_schema_has_the_declared_columns(tmp_path):
 def test_a_record_has_the_declared_fields_in_order_from_either_source():
     row = {c: None for c in records.COLUMNS} | {"tokens_out": 0, "text": "", "text_truncated": 0, "state": "queued"}
     assert tuple(records.from_row(row)) == records.FIELDS
-    assert "text" not in records.from_row(row, with_text=False)
+    assert "text" not in records.summary_from_row(row)

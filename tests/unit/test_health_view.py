@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from testkit.jobs import make_job
-from worker_orcd.http.health import health_for
+from worker_orcd.api.health import Health
+from worker_orcd.http import health as view
 from worker_orcd.jobs.queue import JobQueue
 
 
@@ -13,14 +14,21 @@ def fake_worker(active=None, capacity: int = 2, status: str = "healthy"):
     queue = JobQueue(capacity)
 
     def health():
-        return {"status": status, "model": "m.gguf", "active_job": active.job_id if active else None, "queue_depth": len(queue)}
+        # Worker.health's record, the fields these tests read (ready: healthy, the engine up, room in the queue).
+        return Health.model_construct(
+            status=status,
+            model="m.gguf",
+            active_job=active.job_id if active else None,
+            queue_depth=len(queue),
+            busy=active is not None,
+            ready=status == "healthy" and queue.has_room(),
+        )
 
-    class Ready:  # Worker.ready: healthy, the engine up, room in the queue
-        def __get__(self, obj, owner=None):
-            return status == "healthy" and queue.has_room()
+    return SimpleNamespace(health=health, active_job=active, manager=SimpleNamespace(queue=queue))
 
-    fake = type("FakeWorker", (SimpleNamespace,), {"ready": Ready()})
-    return fake(health=health, active_job=active, manager=SimpleNamespace(queue=queue))
+
+def health_for(worker, tenant, operator) -> dict:
+    return view.health_for(worker, tenant, operator).model_dump(exclude_unset=True)
 
 
 def test_without_a_token_only_liveness_and_readiness():

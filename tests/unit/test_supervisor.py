@@ -232,7 +232,7 @@ def test_a_frame_the_front_cannot_read_is_the_engines_death(start_supervisor):
     def garbles(engine: FakeEngine, message: RunRequest) -> None:
         engine.started(message)
         engine.token(message, 1)
-        engine.channel.send_frame(b"M\x00 not a pickle")
+        engine.channel.send_frame(b"M\x00 not a message")
         wait_until(lambda: engine.proc.ended)  # the front kills it
 
     engines = FakeEngines(garbles)

@@ -15,9 +15,13 @@ where `code` is OpenAI's own where OpenAI has one for the case (`model_not_found
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired
 
-from worker_orcd.errors import ErrorCode
+from pydantic import ConfigDict, Field, WithJsonSchema, with_config
+from typing_extensions import TypedDict
+
+from worker_orcd.api.fields import CorrelationId, Count
+from worker_orcd.errors import REQUEST_CODES, ErrorCode
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
@@ -49,31 +53,59 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 }
 
 
+Message = Annotated[str, Field(min_length=1)]
+RequestCode = Annotated[str, WithJsonSchema({"enum": [code.value for code in REQUEST_CODES]})]  # an ErrorCode's value
+OpenAIErrorType = Literal[
+    "invalid_request_error", "authentication_error", "permission_error", "rate_limit_error", "server_error", "cancelled"
+]
+FORBID = ConfigDict(extra="forbid")
+
+
+@with_config(FORBID)
+class FieldProblem(TypedDict):
+    field: Annotated[
+        str, Field(description="The field, `stop[1]` for an item; empty when the body as a whole is wrong.")
+    ]
+    reason: str
+
+
+@with_config(FORBID)
 class ErrorBody(TypedDict):
-    code: str  # an ErrorCode's value
-    message: str
-    details: NotRequired[Any]  # INVALID_REQUEST's list of {"field", "reason"}
-    correlation_id: str | None
+    code: RequestCode
+    message: Message
+    details: NotRequired[Annotated[list[FieldProblem], Field(description="For `INVALID_REQUEST`: every bad field.")]]
+    correlation_id: CorrelationId | None
 
 
+@with_config(FORBID)
 class ErrorEnvelope(TypedDict):
+    """The body of every non-2xx answer (WO-ERR-1)."""
+
     error: ErrorBody
 
 
 class OpenAIErrorBody(TypedDict):
-    message: str
-    type: str
+    message: Message
+    type: OpenAIErrorType
     param: str | None
     code: str | None
     # A job's end, kept from its `error` event.
     retriable: NotRequired[bool]
-    tokens_out: NotRequired[int]
+    tokens_out: NotRequired[Count]
     stop_ms: NotRequired[float]
     cancel_ms: NotRequired[float]
     forced: NotRequired[bool]
 
 
+@with_config(FORBID)
 class OpenAIErrorEnvelope(TypedDict):
+    """OpenAI's error shape, for the errors of the OpenAI routes themselves (WO-OAI-10). `code` is OpenAI's where
+    it has one (`model_not_found`, `unknown_parameter`, `unsupported_parameter`, `unsupported_value`,
+    `invalid_type`, `invalid_value`, `missing_required_parameter`, `empty_array`, `invalid_json`,
+    `context_length_exceeded`, `chat_template_missing`, `chat_template_error`), else the worker's stable code
+    (section 10, WO-SSE-4). A job's error also carries the worker's `retriable` and, for a cancel, `tokens_out`,
+    `stop_ms`, `cancel_ms` (and `forced`)."""
+
     error: OpenAIErrorBody
 
 
@@ -94,7 +126,7 @@ def error_body(code: ErrorCode, message: str, correlation_id: str | None, detail
     return {"error": body}
 
 
-def openai_error_type(status: int, code: ErrorCode | str | None = None) -> str:
+def openai_error_type(status: int, code: ErrorCode | str | None = None) -> OpenAIErrorType:
     if code == ErrorCode.CANCELLED:
         return "cancelled"
     if status == 401:

@@ -4,8 +4,9 @@
     python -m worker_orcd.api.openapi --check   # exit 1 when a committed copy differs
 
 `openapi_parts.json` holds the paths, responses, headers and the schemas no
-model gives yet; each string `<worker_orcd.api.module.Model>` in it stands for
-that model's schema (under components.schemas) or, in a list of parameters,
+declaration gives yet; each string `<worker_orcd.api.module.Name>` in it stands for
+that declaration's schema (a pydantic model, or a TypedDict the worker answers
+with, under components.schemas by the slot's name) or, in a list of parameters,
 for the query parameters a model declares. The worker serves the packaged copy
 (GET /openapi.json); tests/unit/test_openapi.py holds both copies to this.
 """
@@ -17,10 +18,9 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, TypeAdapter
 
 PARTS = Path(__file__).with_name("openapi_parts.json")
 PACKAGED = Path(__file__).parents[1] / "http" / "openapi.json"
@@ -44,6 +44,11 @@ def _model(marker: str) -> type[BaseModel]:
     model = _declared(marker)
     assert isinstance(model, type) and issubclass(model, BaseModel), marker
     return model
+
+
+def _is_declaration(value: Any) -> bool:
+    """A model, or a TypedDict (a record the worker answers with): each has a schema of its own."""
+    return isinstance(value, type) and (issubclass(value, BaseModel) or hasattr(value, "__required_keys__"))
 
 
 def _is_marker(value: Any) -> bool:
@@ -76,13 +81,13 @@ def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {"oneOf": [NULL, inner], **outer}
 
 
-def _tidy(node: Any) -> Any:
+def _tidy(node: Any, absent_is_null: bool = True) -> Any:
     """pydantic's JSON Schema as the document writes it: no titles, `null` folded into the type."""
     if isinstance(node, list):
-        return [_tidy(item) for item in node]
+        return [_tidy(item, absent_is_null) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _tidy(v) for k, v in node.items() if k != "title" or not isinstance(v, str)}
+    node = {k: _tidy(v, absent_is_null) for k, v in node.items() if k != "title" or not isinstance(v, str)}
     if node.get("default", 0) is None:
         del node["default"]
     if isinstance(node.get("description"), str):
@@ -92,7 +97,7 @@ def _tidy(node: Any) -> Any:
         (other,) = [o for o in options if o != NULL]
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         node = _or_null({**other, **rest})
-    if node.get("type") == "object" and "properties" in node:
+    if absent_is_null and node.get("type") == "object" and "properties" in node:
         # `null` for an optional field means its default (worker_orcd.api.requests).
         required = set(node.get("required", ()))
         node["properties"] = {
@@ -101,14 +106,33 @@ def _tidy(node: Any) -> Any:
     return node
 
 
-def _schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
-    _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+def _schemas(models: list[type], absent_is_null: bool = True) -> dict[str, Any]:
+    """`absent_is_null`: a request body's optional field may be sent as null; a record's is
+    left out, never null."""
+    adapters: list[tuple[type, Literal["validation"], TypeAdapter[Any]]] = [
+        (m, "validation", TypeAdapter(m)) for m in models
+    ]
+    _, top = TypeAdapter.json_schemas(adapters, ref_template=REF)
     out = {}
     for name, schema in top.get("$defs", {}).items():
-        out[name] = _tidy(schema)
+        out[name] = _tidy(schema, absent_is_null)
         if name in WITH_STREAM_RULE:
             out[name].update(STREAM_OPTIONS_RULE)
     return out
+
+
+def _renamed(schemas: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """The schemas under their slots' names, and every reference to them so too."""
+    refs = {REF.format(model=old): REF.format(model=new) for old, new in names.items() if old != new}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, dict):
+            return {k: refs.get(v, v) if k == "$ref" else walk(v) for k, v in node.items()}
+        return node
+
+    return {names.get(name, name): walk(schema) for name, schema in schemas.items()}
 
 
 def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -143,7 +167,10 @@ def document() -> dict[str, Any]:
     # A type alias (JobId, …) has its schema made where a model uses it.
     declared = [_declared(marker) for marker in slots.values() if _is_marker(marker)]
     bodies = [m for m in declared if isinstance(m, type) and issubclass(m, BaseModel)]
-    generated = _schemas([*bodies, *queries])
+    answers = [m for m in declared if _is_declaration(m) and m not in bodies]  # TypedDicts
+    # A slot may name its declaration's schema otherwise (`Job` for JobRecord, …).
+    names = {_declared(v).__name__: name for name, v in slots.items() if _is_marker(v)}
+    generated = _renamed({**_schemas(answers, absent_is_null=False), **_schemas([*bodies, *queries])}, names)
     for path in parts["paths"].values():
         for operation in path.values():
             if "parameters" in operation:

@@ -1,7 +1,8 @@
 """A job's record, as `GET /jobs/{id}` and `GET /jobs` show it, declared once.
 
 `JobRecord` is the declaration: its fields, in the order the JSON has them. A record
-is built from a live job (`from_job`) or from a ledger row (`from_row`), and a job
+is built from a live job (`from_job`) or from a ledger row (`from_row`; `summary_from_row`
+for a listing's `JobSummary`), and a job
 is written to the ledger as the row `row_of` makes (by column name, never by place); the ledger's columns
 (`COLUMNS`) are derived from the declaration: each field a column of its name,
 but `cancel_requested` (its time says it), `error` (three columns) and the facts no
@@ -11,7 +12,14 @@ record shows (`tenant`, `correlation_id`, `prompt_tokens`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NotRequired, Protocol, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, Protocol
+
+from pydantic import ConfigDict, Field, WithJsonSchema, with_config
+from typing_extensions import TypedDict
+
+from worker_orcd.api.fields import Count, JobId, JobState, Milliseconds, Timestamp
+from worker_orcd.api.requests import LIST_LIMIT_MAX
+from worker_orcd.errors import JOB_CODES
 
 
 class Job(Protocol):
@@ -37,7 +45,7 @@ class Job(Protocol):
     @property
     def cancel_requested_at(self) -> str | None: ...
     @property
-    def queued_at(self) -> str | None: ...
+    def queued_at(self) -> str: ...
     @property
     def started_at(self) -> str | None: ...
     @property
@@ -50,32 +58,85 @@ class Job(Protocol):
     def text(self) -> str: ...
 
 
+JobCode = Annotated[str, WithJsonSchema({"enum": [code.value for code in JOB_CODES]})]  # an ErrorCode's value
+CancelReason = Annotated[
+    str | None,
+    WithJsonSchema(
+        {
+            "enum": ["client", "disconnect", "timeout", "shutdown", None],
+            "description": "Why the cancel flag was raised: POST /cancel, the stream's client went away, "
+            "--inference-timeout-sec, shutdown.",
+        }
+    ),
+]
+StopReason = Annotated[str | None, WithJsonSchema({"enum": ["eos", "max_tokens", "stop", None]})]
+
+
+@with_config(ConfigDict(extra="forbid"))
 class JobError(TypedDict):
-    code: str  # an ErrorCode's value
+    code: JobCode
     message: str | None
     retriable: bool
 
 
-class JobRecord(TypedDict):
-    job_id: str
-    state: str  # queued | running | completed | cancelled | failed
+@with_config(ConfigDict(extra="forbid"))
+class JobSummary(TypedDict):
+    """A job in a listing: `Job` without `text`."""
+
+    job_id: JobId
+    state: JobState
     cancel_requested: bool
-    cancel_requested_at: str | None
-    cancel_reason: str | None
-    queued_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    canceled_at: str | None
-    tokens_out: int
-    text: NotRequired[str]  # a listing drops only the text (WO-JOBS-4)
+    cancel_requested_at: Timestamp | None
+    cancel_reason: CancelReason
+    queued_at: Timestamp
+    started_at: Timestamp | None
+    ended_at: Timestamp | None
+    canceled_at: Timestamp | None
+    tokens_out: Annotated[Count, Field(description="Model tokens generated.")]
     text_truncated: bool
-    stop_reason: str | None
+    stop_reason: StopReason
     error: JobError | None
-    stop_ms: float | None
-    cancel_ms: float | None
+    stop_ms: Annotated[Milliseconds | None, Field(description="Cancel accepted → loop stopped.")]
+    cancel_ms: Annotated[
+        Milliseconds | None, Field(description="Cancel accepted → memory released and CANCELLED queued for the stream.")
+    ]
 
 
-FIELDS: tuple[str, ...] = tuple(JobRecord.__annotations__)
+@with_config(ConfigDict(extra="forbid"))
+class JobRecord(JobSummary):
+    """A job as `GET /jobs/{job_id}` shows it."""
+
+    text: Annotated[
+        str,
+        Field(
+            description="What was generated, also the partial text of a cancelled job (WO-JOBS-1); at most 64 KiB "
+            "of UTF-8 once in the ledger."
+        ),
+    ]
+    queue_position: NotRequired[
+        Annotated[
+            Count,
+            Field(
+                description="Only while the job is queued: how many jobs will start before it (0: it is next; WO-JOBS-5)."
+            ),
+        ]
+    ]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class JobList(TypedDict):
+    jobs: Annotated[list[JobSummary], Field(max_length=LIST_LIMIT_MAX)]
+
+
+def _in_json_order(summary: tuple[str, ...]) -> tuple[str, ...]:
+    at = summary.index("tokens_out") + 1
+    return (*summary[:at], "text", *summary[at:])
+
+
+# A record's fields as the JSON has them: the text after the token count; a queued job's
+# position is not kept (it is true only while the job waits).
+_SUMMARY_FIELDS: tuple[str, ...] = tuple(JobSummary.__annotations__)
+FIELDS: tuple[str, ...] = _in_json_order(_SUMMARY_FIELDS)
 
 # The ledger's columns of a field that is not kept as one column of its name.
 _COLUMNS_OF: dict[str, tuple[str, ...]] = {
@@ -138,15 +199,22 @@ def row_of(job: Job) -> dict[str, Any]:
     return row
 
 
-def from_row(row: Mapping[str, Any], *, with_text: bool = True) -> JobRecord:
-    """A ledger row's record; without its text for a listing."""
+def from_row(row: Mapping[str, Any]) -> JobRecord:
+    """A ledger row's record."""
+    return _from_row(row, FIELDS)  # type: ignore[return-value]
+
+
+def summary_from_row(row: Mapping[str, Any]) -> JobSummary:
+    """A ledger row's record for a listing: without its text."""
+    return _from_row(row, _SUMMARY_FIELDS)  # type: ignore[return-value]
+
+
+def _from_row(row: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     record: dict[str, Any] = {}
-    for name in FIELDS:
-        if name == "text" and not with_text:
-            continue
+    for name in fields:
         convert = _FROM_ROW.get(name)
         record[name] = row[name] if convert is None else convert(row)
-    return record  # type: ignore[return-value]
+    return record
 
 
 def _error_of(row: Mapping[str, Any]) -> JobError | None:
@@ -161,3 +229,11 @@ _FROM_ROW: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "error": _error_of,
     "text_truncated": lambda row: bool(row["text_truncated"]),
 }
+
+
+@with_config(ConfigDict(extra="forbid"))
+class CancelAccepted(TypedDict):
+    """POST /cancel's answer: the flag is raised; the job's stream says how it ended."""
+
+    status: Literal["cancelling"]
+    job_id: JobId

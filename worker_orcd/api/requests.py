@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
+from worker_orcd.api.fields import JobId, JobState
 from worker_orcd.channel.messages import Sampling
 
 MAX_PROMPT_CHARS = 32768
@@ -53,32 +54,11 @@ MAX_USER_CHARS = 256
 # More than ever fit a prompt of MAX_PROMPT_CHARS through a chat template; bounds the
 # validation and the template's rendering of a body of many tiny messages (WO-LIMIT-6).
 MAX_MESSAGES = 1024
-JOB_STATES = ("queued", "running", "completed", "cancelled", "failed")
 LIST_LIMIT_MAX = 1000
 LIST_LIMIT_DEFAULT = 50
 MAX_DECIMAL_DIGITS = 18  # more is past every count the worker takes, and int() of it costs
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-
-JobId = TypeAliasType(
-    "JobId",
-    Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=128,
-            pattern=r"^[A-Za-z0-9._:-]+$",
-            description="1..128 characters of `[A-Za-z0-9._:-]`, unique per tenant on a worker (WO-JOB-3).",
-        ),
-    ],
-)
-JobState = TypeAliasType(
-    "JobState",
-    Annotated[
-        Literal["queued", "running", "completed", "cancelled", "failed"],
-        Field(description="queued→running→(completed|cancelled|failed); queued→(cancelled|failed) (WO-JOB-1)."),
-    ],
-)
 
 MaxTokens = Annotated[int | None, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
@@ -115,13 +95,22 @@ def wrong_type(expected: str, value: Any) -> PydanticCustomError:
 
 
 class SamplingFields(Protocol):
-    max_tokens: int | None
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-    seed: int
-    stop: tuple[str, ...]
+    """Read-only, so that each body may declare its fields in its own (narrower) types."""
+
+    @property
+    def max_tokens(self) -> int | None: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def top_k(self) -> int: ...
+    @property
+    def repetition_penalty(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def stop(self) -> tuple[str, ...]: ...
 
 
 class SampledRequest(SamplingFields, Protocol):

@@ -43,7 +43,7 @@ CPU_PROBE_FAULTS = ("sigill", "hang")
 _JOB_FAULTS = ("decode", "context", "hang", "abort", "garble", "die_on_cancel")
 _START_FAULTS = ("start_hang", "start_exit")
 START_EXIT_STATUS = 3
-GARBLED_FRAME = b"M\x00 not a pickle"
+GARBLED_FRAME = b"M\x00 not a message"
 
 Decode = Callable[..., int]
 

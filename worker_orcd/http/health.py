@@ -9,20 +9,16 @@ a worker without keys (one tenant), see everything.
 
 from __future__ import annotations
 
-from typing import Any
-
+from worker_orcd.api.health import Health, HealthSummary
 from worker_orcd.worker import Worker
 
 
-def health_for(worker: Worker, tenant: str | None, operator: bool) -> dict[str, Any]:
-    health = worker.health()
+def health_for(worker: Worker, tenant: str | None, operator: bool) -> Health | HealthSummary:
     # Read once: the id shown and the owner checked must be the same job's.
     active = worker.active_job
-    ready = worker.ready
+    health = worker.health()
     if tenant is None:
-        return {"status": health["status"], "ready": ready}
+        return HealthSummary(status=health.status, ready=health.ready)
     own = active is not None and (operator or active.tenant == tenant)
-    health["active_job"] = active.job_id if active is not None and own else None
-    health["busy"] = active is not None
-    health["ready"] = ready
-    return health
+    shown = active.job_id if active is not None and own else None
+    return health.model_copy(update={"active_job": shown, "busy": active is not None})

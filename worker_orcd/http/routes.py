@@ -108,7 +108,7 @@ async def list_jobs(request: Request) -> JSONResponse:
 async def health(request: Request) -> JSONResponse:
     # The tenant is None for a caller without a valid token on a worker with keys.
     tenant = request.scope.get("state", {}).get("tenant", "")
-    return JSONResponse(health_for(_worker(request), tenant, is_operator(request)))
+    return JSONResponse(health_for(_worker(request), tenant, is_operator(request)).model_dump(mode="json"))
 
 
 async def metrics(request: Request) -> Response:

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from worker_orcd.api.fields import JOB_STATES
 from worker_orcd.api.ids import JOB_ID_PATTERN
 from worker_orcd.api.requests import (
-    JOB_STATES,
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
     MAX_PROMPT_CHARS,

@@ -21,12 +21,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from worker_orcd.api import records
-from worker_orcd.api.records import JobRecord
+from worker_orcd.api.records import JobRecord, JobSummary
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs.job import Job, now_iso
 from worker_orcd.log import log_event
@@ -95,11 +94,6 @@ def job_row(job: Job) -> LedgerRow:
     row = records.row_of(job)
     row["text"], row["text_truncated"] = cap_text(row["text"])
     return row
-
-
-def record_of(row: Mapping[str, Any], *, with_text: bool = True) -> JobRecord:
-    """A ledger row in the shape of GET /jobs/{id}."""
-    return records.from_row(row, with_text=with_text)
 
 
 def _key(row: LedgerRow) -> tuple[str, str]:
@@ -176,7 +170,7 @@ class Ledger:
             row = self._reader.execute(
                 "SELECT * FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)
             ).fetchone()
-        return record_of(row) if row is not None else None
+        return records.from_row(row) if row is not None else None
 
     def exists(self, tenant: str, job_id: str) -> bool:
         with self._reader_lock:
@@ -185,7 +179,7 @@ class Ledger:
             ).fetchone()
         return row is not None
 
-    def list(self, tenant: str, *, state: str | None = None, limit: int = 50) -> list[JobRecord]:
+    def list(self, tenant: str, *, state: str | None = None, limit: int = 50) -> list[JobSummary]:
         """The tenant's most recent jobs, newest first, without their text."""
         sql = "SELECT * FROM jobs WHERE tenant = ?"
         args: list[Any] = [tenant]
@@ -196,7 +190,7 @@ class Ledger:
         args.append(limit)
         with self._reader_lock:
             rows = self._reader.execute(sql, args).fetchall()
-        return [record_of(r, with_text=False) for r in rows]
+        return [records.summary_from_row(r) for r in rows]
 
     # -- internals -------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from worker_orcd.api.errors import HTTP_STATUS, openai_error_body
 from worker_orcd.api.events import SseParser, encode_data, encode_event, is_openai_terminal, is_terminal
+from worker_orcd.api.records import JobSummary
 from worker_orcd.errors import ErrorCode
 from worker_orcd.jobs import events
 
@@ -103,14 +104,14 @@ def merge_metrics(texts: Sequence[tuple[str, str]]) -> str:
 # -- /jobs -----------------------------------------------------------------------------------
 
 
-def merge_jobs(lists: Iterable[list[dict[str, Any]]], limit: int) -> list[dict[str, Any]]:
+def merge_jobs(lists: Iterable[Sequence[JobSummary]], limit: int) -> list[JobSummary]:
     """The caller's newest jobs over every replica (earlier lists win a duplicate id),
     newest first by `queued_at`."""
-    seen: dict[str, dict[str, Any]] = {}
+    seen: dict[str, JobSummary] = {}
     for jobs in lists:
         for job in jobs:
             seen.setdefault(job["job_id"], job)
-    ordered = sorted(seen.values(), key=lambda j: j.get("queued_at") or "", reverse=True)
+    ordered = sorted(seen.values(), key=lambda j: j["queued_at"] or "", reverse=True)
     return ordered[:limit]
 
 

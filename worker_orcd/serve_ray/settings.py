@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker_orcd.config import default_state_dir
+from worker_orcd.config import WorkerConfig, default_state_dir
 from worker_orcd.settings.command_line import ApiKeys, parse_api_keys, read_serve_flags
+from worker_orcd.settings.schema import declared
 
 # Flags of `worker-orcd serve` that each replica sets itself: one worker per replica,
 # on its own port and state dir, on the replica's own device.
-OWNED_FLAGS = ("--port", "--host", "--state-dir", "--worker-id", "--gpu-device")
+OWNED_FLAGS = tuple(field.flag.name for field in declared(WorkerConfig) if field.flag.per_replica)
 LOOPBACK = "127.0.0.1"
 NODE_IP = "node-ip"  # worker_host: the address Ray knows the replica's node by
 

@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+from worker_orcd.api.records import JobRecord, JobSummary, from_row, summary_from_row
 from worker_orcd.config import LEDGER_FILE
 from worker_orcd.errors import ErrorCode
-from worker_orcd.jobs.ledger import RESTARTED_MESSAGE, record_of
+from worker_orcd.jobs.ledger import RESTARTED_MESSAGE
 from worker_orcd.state_dir import LOCK_FILE as WORKER_LOCK
 
 SLOT_PREFIX = "replica-"
@@ -101,7 +102,10 @@ def _connect(ledger: Path) -> sqlite3.Connection:
     return conn
 
 
-def _as_recovered(record: dict[str, Any], ledger: Path) -> dict[str, Any]:
+R = TypeVar("R", JobRecord, JobSummary)
+
+
+def _as_recovered(record: R, ledger: Path) -> R:
     """A row its dead worker left queued or running, as the next start will write it."""
     if record["state"] not in ("queued", "running"):
         return record
@@ -110,15 +114,14 @@ def _as_recovered(record: dict[str, Any], ledger: Path) -> dict[str, Any]:
     except OSError:
         mtime = ledger.stat().st_mtime
     ended = datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return {
-        **record,
-        "state": "failed",
-        "ended_at": record.get("ended_at") or ended,
-        "error": {"code": ErrorCode.WORKER_RESTARTED.value, "message": RESTARTED_MESSAGE, "retriable": True},
-    }
+    recovered = record.copy()
+    recovered["state"] = "failed"
+    recovered["ended_at"] = record["ended_at"] or ended
+    recovered["error"] = {"code": ErrorCode.WORKER_RESTARTED.value, "message": RESTARTED_MESSAGE, "retriable": True}
+    return recovered
 
 
-def find_in_orphans(base: Path, tenant: str, job_id: str) -> dict[str, Any] | None:
+def find_in_orphans(base: Path, tenant: str, job_id: str) -> JobRecord | None:
     for ledger in orphan_ledgers(base):
         try:
             with closing(_connect(ledger)) as conn:
@@ -126,11 +129,11 @@ def find_in_orphans(base: Path, tenant: str, job_id: str) -> dict[str, Any] | No
         except sqlite3.Error:
             continue  # a ledger being replaced under us: the adopter answers soon
         if row is not None:
-            return _as_recovered(dict(record_of(row)), ledger)
+            return _as_recovered(from_row(row), ledger)
     return None
 
 
-def list_in_orphans(base: Path, tenant: str, state: str | None, limit: int) -> list[dict[str, Any]]:
+def list_in_orphans(base: Path, tenant: str, state: str | None, limit: int) -> list[JobSummary]:
     """The tenant's newest jobs in orphan ledgers, filtered by the state they will have."""
     if state in ("queued", "running"):
         return []  # nothing runs on a dead worker: its queued and running jobs read failed
@@ -140,7 +143,7 @@ def list_in_orphans(base: Path, tenant: str, state: str | None, limit: int) -> l
     elif state is not None:
         where += " AND state = ?"
         args.append(state)
-    found: list[dict[str, Any]] = []
+    found: list[JobSummary] = []
     for ledger in orphan_ledgers(base):
         try:
             with closing(_connect(ledger)) as conn:
@@ -149,5 +152,5 @@ def list_in_orphans(base: Path, tenant: str, state: str | None, limit: int) -> l
                 ).fetchall()
         except sqlite3.Error:
             continue
-        found += [_as_recovered(dict(record_of(row, with_text=False)), ledger) for row in rows]
+        found += [_as_recovered(summary_from_row(row), ledger) for row in rows]
     return found

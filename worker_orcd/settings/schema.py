@@ -30,6 +30,7 @@ class Flag:
     metavar: str | None = None  # None: the name's, as argparse would make it (--n-ctx N_CTX)
     repeat: bool = False  # given as often as wanted; the field holds every value, in order
     part: Part = "front"
+    per_replica: bool = False  # under Ray Serve each replica sets it itself (its port, its device, …)
 
     @property
     def shown_as(self) -> str | None:
@@ -50,9 +51,19 @@ def setting(
     metavar: str | None = None,
     repeat: bool = False,
     part: Part = "front",
+    per_replica: bool = False,
 ) -> Any:
     """A WorkerConfig field given by the flag `name` (no default: one `serve` works out)."""
-    flag = Flag(name, help=help, parse=parse, choices=choices, metavar=metavar, repeat=repeat, part=part)
+    flag = Flag(
+        name,
+        help=help,
+        parse=parse,
+        choices=choices,
+        metavar=metavar,
+        repeat=repeat,
+        part=part,
+        per_replica=per_replica,
+    )
     return dataclasses.field(default=default, metadata={_FLAG: flag})
 
 
