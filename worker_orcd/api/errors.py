@@ -1,6 +1,6 @@
 """The error envelopes, each built by one function, and the HTTP status of each code.
 
-The worker's own (section 10), for every plain HTTP error:
+The worker's own (specs/contract.md, "Plain HTTP errors"), for every plain HTTP error:
 
     {"error": {"code", "message", "details"?, "correlation_id"}}
 
