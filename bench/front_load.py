@@ -25,7 +25,7 @@ Checked, each failure counted as a violation (exit status 1 if any):
   every stalled stream's job ended (cancelled with reason `disconnect`, or completed if
   it ended before its writes stalled);
 - every accepted burst stream has exactly one terminal event, last, matching its record
-  in GET /jobs/{id}; every refusal is a section 10 JSON error with Retry-After;
+  in GET /jobs/{id}; every refusal is a plain HTTP error (specs/contract.md) with Retry-After;
 - every probe answered (a probe whose pooled connection was closed under it is sent
   again once, as any client would, and counted);
 - at the end the worker is healthy and idle, and holds no more file descriptors than
@@ -327,7 +327,7 @@ def refusal_problems(r: httpx.Response, problems: list[str]) -> str | None:
         error = r.json()["error"]
         code = error["code"]
         if not (error.get("message") and error.get("correlation_id") == r.headers.get("x-correlation-id")):
-            problems.append(f"refusal {r.status_code} not in section 10's shape: {error}")
+            problems.append(f"refusal {r.status_code} not in the plain HTTP errors' shape: {error}")
     except (ValueError, KeyError, TypeError):
         problems.append(f"refusal {r.status_code} is not a JSON error: {r.text[:200]!r}")
         return None

@@ -158,7 +158,8 @@ def terminal(events: Sequence[WireEvent]) -> WireEvent:
 
 
 def assert_well_formed(events: Sequence[WireEvent]) -> None:
-    """`started`, tokens indexed 0.. without gaps, one terminal event last (section 3)."""
+    """`started`, tokens indexed 0.. without gaps, one terminal event last
+    (specs/contract.md, "The event stream")."""
     assert events and events[0].name == "started", [e.name for e in events]
     terminal(events)
     tokens = [e for e in events if e.name == "token"]

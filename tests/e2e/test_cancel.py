@@ -1,4 +1,4 @@
-"""Cancellation on the real worker (section 4): prompt, decode, queue, disconnect, races, logs.
+"""Cancellation on the real worker (specs/contract.md, "Cancellation"): prompt, decode, queue, disconnect, races, logs.
 
 Latency budgets are the contract's (stop_ms <= 100, cancel_ms <= 5000); other
 timings are bounded generously because the machine is shared.

@@ -1,4 +1,4 @@
-"""Where the engine runs and what it costs there (section 16), checked on the CPU.
+"""Where the engine runs and what it costs there (specs/operating.md, "Devices"), checked on the CPU.
 
 The same flags decide a GPU's offload, spare context, flash attention and
 prompt chunk; tests/gpu/ checks what only a GPU can show.

@@ -1,4 +1,5 @@
-"""The engine in its own process (section 15): a cancel that holds even when the engine does not.
+"""The engine in its own process (specs/internals.md, "The engine process"): a cancel that holds
+even when the engine does not.
 
 Each test starts its own worker: they kill, hang and restart its engine process.
 """

@@ -1,4 +1,4 @@
-"""POST /execute on the real model: the stream, determinism, stop strings, ids (sections 2, 3, 5, 10)."""
+"""POST /execute on the real model: the stream, determinism, stop strings, ids (specs/contract.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The front under load, on the real worker (section 9: WO-LIMIT-3..6; section 10: WO-ERR-1, -2).
+"""The front under load, on the real worker (specs/operating.md, "Limits": WO-LIMIT-3..6;
+specs/contract.md, "Plain HTTP errors": WO-ERR-1, -2).
 
 Clients that send half a request and wait, clients that stop reading their
 stream, a cap of connections reached by either or by streams being answered, and

@@ -46,7 +46,7 @@ SPEC = Path(__file__).resolve().parents[2] / "specs" / "openapi.json"
 MAX_FUZZ_TOKENS = 4  # a generated job never asks for more
 CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-# The contract's table of plain HTTP errors (section 10): code → status.
+# The contract's table of plain HTTP errors (specs/contract.md, "Plain HTTP errors"): code → status.
 ERROR_STATUS = {
     "INVALID_REQUEST": 400,
     "UNAUTHORIZED": 401,
@@ -347,7 +347,7 @@ def check_openai_contract(case: schemathesis.Case, response) -> None:
                 assert error["code"] == "model_not_found" and error["param"] == "model", error
             if response.status_code == 503:
                 assert _header(response, "Retry-After") is not None
-        else:  # refused before the route (size limits, unknown methods): section 10's shape
+        else:  # refused before the route (size limits, unknown methods): a plain HTTP error's shape
             check_contract(case, response)
         return
     check_contract(case, response)  # the correlation id

@@ -1,4 +1,5 @@
-"""GET /health (section 7): cached, never blocked by a running job; no GPU figures on the CPU."""
+"""GET /health (specs/contract.md, "`GET /health`"): cached, never blocked by a running job;
+no GPU figures on the CPU."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Request limits (WO-LIMIT-1): body size, header count and size, JSON depth;
-all answered with the JSON error of section 10."""
+all answered with the JSON error of specs/contract.md, "Plain HTTP errors"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Memory (section 6, WO-CANCEL-4): every job, cancelled or not, leaves the worker at its idle footprint."""
+"""Memory (specs/internals.md, "Memory and contexts"; WO-CANCEL-4): every job, cancelled or not,
+leaves the worker at its idle footprint."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ SHORT = CHAT.format("Name a planet.")
 
 @pytest.fixture(scope="module")
 def metrics_worker():
-    # Jobs whose id starts with "m-fault-" meet a failing decode (section 13); no other job does.
+    # Jobs whose id starts with "m-fault-" meet a failing decode (specs/internals.md, "Fault injection");
+    # no other job does.
     w = WorkerProcess(args=["--threads", "1"], env={"WORKER_ORCD_FAULTS": "decode=m-fault-"}).start()
     yield w
     w.stop()

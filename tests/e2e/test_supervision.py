@@ -1,4 +1,5 @@
-"""The supervisor keeps its promises whatever the engine does next (sections 11 and 15).
+"""The supervisor keeps its promises whatever the engine does next (specs/internals.md,
+"The engine process"; specs/operating.md, "Shutdown").
 
 Each test starts its own worker: they kill, hang and restart its engine process, and
 stop the worker with signals.

@@ -1,4 +1,4 @@
-"""The job ledger (section 8): rows at every state change, capped text, retention,
+"""The job ledger (specs/operating.md, "The ledger"): rows at every state change, capped text, retention,
 crash recovery and listing, on a temporary SQLite file and real Job objects."""
 
 from __future__ import annotations

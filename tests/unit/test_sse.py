@@ -1,4 +1,5 @@
-"""SSE encoding and the EventChannel between the inference thread and the event loop (section 3)."""
+"""SSE encoding and the EventChannel between the inference thread and the event loop
+(specs/contract.md, "The event stream")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The error envelopes, each built by one function, and the HTTP status of each code.
 
-The worker's own (section 10), for every plain HTTP error:
+The worker's own (specs/contract.md, "Plain HTTP errors"), for every plain HTTP error:
 
     {"error": {"code", "message", "details"?, "correlation_id"}}
 
@@ -103,7 +103,7 @@ class OpenAIErrorEnvelope(TypedDict):
     it has one (`model_not_found`, `unknown_parameter`, `unsupported_parameter`, `unsupported_value`,
     `invalid_type`, `invalid_value`, `missing_required_parameter`, `empty_array`, `invalid_json`,
     `context_length_exceeded`, `chat_template_missing`, `chat_template_error`), else the worker's stable code
-    (section 10, WO-SSE-4). A job's error also carries the worker's `retriable` and, for a cancel, `tokens_out`,
+    (specs/contract.md, "Plain HTTP errors"; WO-SSE-4). A job's error also carries the worker's `retriable` and, for a cancel, `tokens_out`,
     `stop_ms`, `cancel_ms` (and `forced`)."""
 
     error: OpenAIErrorBody

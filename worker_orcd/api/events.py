@@ -2,7 +2,7 @@
 
 Two framings travel: `/execute`'s, an `event: <name>` line and one `data:` line of
 JSON per event (`started`, `token`*, then `end` or `error`: specs/contract.md,
-section 3), and OpenAI's, a `data:` line per chunk and `data: [DONE]` at the end
+"The event stream"), and OpenAI's, a `data:` line per chunk and `data: [DONE]` at the end
 (or a `data: {"error": …}` chunk instead, WO-OAI-8). JSON escapes every newline, so
 one `data:` line always holds a whole event.
 

@@ -1,5 +1,5 @@
 """What the client raises when the worker says no: one exception per HTTP error,
-carrying the worker's stable code (specs/contract.md, section 10).
+carrying the worker's stable code (specs/contract.md, "Plain HTTP errors").
 
 A job that ends badly is not an exception: its stream ends with an `Error` event.
 """

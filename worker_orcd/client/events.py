@@ -1,4 +1,4 @@
-"""The events of a job's stream as typed values (specs/contract.md, section 3).
+"""The events of a job's stream as typed values (specs/contract.md, "The event stream").
 
 Each event has the contract's fields as attributes, `at` (time.perf_counter()
 when the client read it, from the SSE reader), `data` (the event's whole JSON

@@ -80,7 +80,7 @@ def protocol_class(limits: FrontLimits) -> type[FrontProtocol]:
 def error_answer(
     code: ErrorCode, message: str, correlation_id: str, *, retry: bool
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of a section 10 error that closes its connection."""
+    """Status, headers and body of a plain HTTP error (specs/contract.md) that closes its connection."""
     body = _dumps(error_body(code, message, correlation_id)).encode()
     headers = [
         (b"content-type", b"application/json"),

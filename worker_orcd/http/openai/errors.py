@@ -4,7 +4,7 @@ The OpenAI routes answer every error of their own in it, so OpenAI clients
 read `message`, `type`, `param` and `code` where they expect them. `code` is
 OpenAI's where OpenAI has one for the case (`model_not_found`,
 `unknown_parameter`, …), else the worker's stable code (`WORKER_BUSY`,
-`JOB_EXISTS`, `CANCELLED`, …: section 10 and WO-SSE-4 of the contract).
+`JOB_EXISTS`, `CANCELLED`, …: specs/contract.md, "Plain HTTP errors" and WO-SSE-4).
 """
 
 from __future__ import annotations
