@@ -55,6 +55,14 @@ class WorkerConfig:
     )
     worker_id: str = setting("--worker-id", "", part="both", per_replica=True)  # "": default_worker_id
     n_ctx: int = setting("--n-ctx", 4096, positive, "context tokens per job", part="both")
+    parallel: int = setting(
+        "--parallel",
+        1,
+        positive,
+        "jobs the engine runs at once, each in a slot of one batch (continuous batching); 1: one job at a time, "
+        "in a context of its own",
+        part="both",
+    )
     max_queue: int = setting("--max-queue", 16, non_negative, "jobs that may wait")
     inference_timeout_sec: float = setting("--inference-timeout-sec", 300.0, positive_float)
     cancel_deadline_ms: int = setting(

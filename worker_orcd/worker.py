@@ -91,10 +91,9 @@ class Worker:
         """Whether callers need API keys."""
         return self.config.keyed
 
-    @property
-    def active_job(self) -> Job | None:
-        """The job the engine runs now (read it once: it changes under you)."""
-        return self.engine.active
+    def active_jobs(self) -> list[Job]:
+        """The jobs the engine runs now, by slot (a copy: it changes under you)."""
+        return self.engine.active_jobs()
 
     async def tokenize_on_loop(
         self, prompt: str, stops: tuple[str, ...], on_thread: Callable[..., Any]
@@ -170,7 +169,7 @@ class Worker:
         included: `worker_orcd.http.health` trims it for the caller."""
         info = self.engine.model
         ready = self.engine.info
-        active = self.engine.active
+        running = self.active_jobs()
         engine = self.engine.health()
         vram = self.vram.latest  # one sample: the figure and its scope agree
         record = {
@@ -192,11 +191,14 @@ class Worker:
             "flash_attn": ready.flash_attn if ready else None,
             "threads": self.engine.threads,
             "engine_nice": ready.nice if ready else None,
-            "active_job": active.job_id if active is not None else None,
+            "active_job": running[0].job_id if running else None,
+            "active_jobs": [job.job_id for job in running],
+            "parallel": self.config.parallel,
+            "slots_busy": len(running),
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
             "engine": engine,
-            "busy": active is not None,
+            "busy": bool(running),
             "ready": self.ready,
         }
         return Health.model_validate(record)

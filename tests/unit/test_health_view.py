@@ -10,8 +10,9 @@ from worker_orcd.http import health as view
 from worker_orcd.jobs.queue import JobQueue
 
 
-def fake_worker(active=None, capacity: int = 2, status: str = "healthy"):
+def fake_worker(active=None, capacity: int = 2, status: str = "healthy", also=()):
     queue = JobQueue(capacity)
+    running = [active, *also] if active else []
 
     def health():
         # Worker.health's record, the fields these tests read (ready: healthy, the engine up, room in the queue).
@@ -20,11 +21,13 @@ def fake_worker(active=None, capacity: int = 2, status: str = "healthy"):
             model="m.gguf",
             active_job=active.job_id if active else None,
             queue_depth=len(queue),
+            active_jobs=[job.job_id for job in running],
+            slots_busy=len(running),
             busy=active is not None,
             ready=status == "healthy" and queue.has_room(),
         )
 
-    return SimpleNamespace(health=health, active_job=active, manager=SimpleNamespace(queue=queue))
+    return SimpleNamespace(health=health, active_jobs=lambda: running, manager=SimpleNamespace(queue=queue))
 
 
 def health_for(worker, tenant, operator) -> dict:
@@ -63,3 +66,14 @@ def test_operators_and_keyless_callers_see_everything():
         assert h["active_job"] == "job-1" and h["busy"] is True
     idle = health_for(fake_worker(), "", False)
     assert idle["active_job"] is None and idle["busy"] is False
+
+
+def test_with_slots_a_tenant_sees_only_its_own_running_jobs():
+    """WO-SLOT-1: several jobs run at once; each caller is shown its own, and how many run."""
+    alice, bob = make_job("alice-1", tenant="alice")[0], make_job("bob-1", tenant="bob")[0]
+    worker = fake_worker(alice, also=[bob, make_job("alice-2", tenant="alice")[0]])
+    seen = health_for(worker, "alice", False)
+    assert seen["active_jobs"] == ["alice-1", "alice-2"] and seen["active_job"] == "alice-1"
+    assert seen["slots_busy"] == 3 and "bob-1" not in repr(seen)
+    assert health_for(worker, "bob", False)["active_jobs"] == ["bob-1"]
+    assert health_for(worker, "ops", True)["active_jobs"] == ["alice-1", "bob-1", "alice-2"]

@@ -135,8 +135,14 @@ class Health(_Record):
     )
     active_job: JobId | None = Field(
         description="The running job, when the caller may see it: its own (a tenant), any (an operator, or any "
-        "caller of a worker without keys); null otherwise (WO-AUTH-6)."
+        "caller of a worker without keys); null otherwise (WO-AUTH-6). With several slots, the first of "
+        "`active_jobs`."
     )
+    active_jobs: list[JobId] = Field(
+        description="The running jobs the caller may see, by slot (as `active_job`; WO-AUTH-6, WO-SLOT-1)."
+    )
+    parallel: Positive = Field(description="The worker's `--parallel`: how many jobs the engine runs at once.")
+    slots_busy: NonNegative = Field(description="How many slots hold a running job, whoever's (WO-SLOT-1).")
     queue_depth: NonNegative
     cpu_extra_buffers: CpuExtraBuffers
     engine: EngineState

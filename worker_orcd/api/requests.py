@@ -117,6 +117,7 @@ class SampledRequest(SamplingFields, Protocol):
     """What a route hands `accept`: a validated body that makes the engine's settings."""
 
     def sampling(self, max_tokens: int) -> Sampling: ...
+    def least_tokens(self, max_tokens: int) -> int: ...
 
 
 class _Body(BaseModel):
@@ -134,13 +135,18 @@ class _Body(BaseModel):
 
 
 # Every setting but max_tokens (known once the prompt is tokenized) is the body's field of that name.
-_SAMPLED = tuple(name for name in Sampling.__struct_fields__ if name != "max_tokens")
+_SAMPLED = tuple(name for name in Sampling.__struct_fields__ if name not in ("max_tokens", "min_tokens"))
 
 
 class _Sampled:
-    def sampling(self: SamplingFields, max_tokens: int) -> Sampling:
+    def sampling(self: SampledRequest, max_tokens: int) -> Sampling:
         """The engine's settings for this request, given the tokens the job may make."""
-        return Sampling(max_tokens=max_tokens, **{name: getattr(self, name) for name in _SAMPLED})
+        fields = {name: getattr(self, name) for name in _SAMPLED}
+        return Sampling(max_tokens=max_tokens, min_tokens=self.least_tokens(max_tokens), **fields)
+
+    def least_tokens(self, max_tokens: int) -> int:
+        """How many tokens the job makes before an end of generation may stop it."""
+        return 0
 
 
 def _random_seed() -> int:
@@ -341,6 +347,17 @@ class _OpenAIBody(_Sampled, _Body):
     presence_penalty: PresencePenalty = None
     frequency_penalty: PresencePenalty = None
     logit_bias: LogitBias = None
+    min_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)] = Field(
+        0,
+        description="vLLM's and llama.cpp's extension: no end of generation (the model's end-of-text tokens) "
+        "before this many tokens; stop strings still stop. At most `max_tokens` (WO-OAI-12).",
+    )
+    ignore_eos: bool = Field(
+        False,
+        description="vLLM's and llama.cpp's extension, as load generators send it for fixed output lengths: the "
+        "model's end-of-text tokens are never sampled, so the job makes `max_tokens` tokens unless a stop "
+        "string ends it (WO-OAI-12).",
+    )
     stream: bool = Field(False, description="Stream chunks as Server-Sent Events (WO-OAI-6).")
     stream_options: OpenAIStreamOptions | None = None
     user: Annotated[Text, Field(max_length=MAX_USER_CHARS)] | None = Field(
@@ -351,6 +368,17 @@ class _OpenAIBody(_Sampled, _Body):
     @classmethod
     def _unsigned(cls, seed: int) -> int:
         return seed % 2**64  # the engine's seed is unsigned
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _at_most_max(cls, value: int, info: ValidationInfo) -> int:
+        given = info.data.get("max_tokens")
+        if given is not None and value > given:
+            raise reject("invalid_value", "'min_tokens' must be at most 'max_tokens'.")
+        return value
+
+    def least_tokens(self, max_tokens: int) -> int:
+        return max_tokens if self.ignore_eos else min(self.min_tokens, max_tokens)
 
     @field_validator("stream_options", mode="before")
     @classmethod
@@ -365,7 +393,7 @@ class _OpenAIBody(_Sampled, _Body):
 
 
 _CHECKED_FIRST = ("user", "seed", "stream", "stream_options", "model", "temperature", "top_p", "top_k",
-                  "repetition_penalty", "stop")  # fmt: skip
+                  "repetition_penalty", "stop", "ignore_eos")  # fmt: skip
 
 
 def _role(value: Any) -> Any:
@@ -476,7 +504,7 @@ class OpenAIChatRequest(_OpenAIBody):
         "n", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
         "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
         "store", "metadata", "service_tier", "modalities", "audio", "prediction", "reasoning_effort",
-        "web_search_options", *_CHECKED_FIRST, "messages", "max_tokens", "max_completion_tokens",
+        "web_search_options", *_CHECKED_FIRST, "messages", "max_tokens", "max_completion_tokens", "min_tokens",
     )  # fmt: skip
 
     @field_validator("max_completion_tokens")
@@ -552,7 +580,7 @@ class OpenAICompletionRequest(_OpenAIBody):
     required = ("model", "prompt")
     check_order = (
         "n", "presence_penalty", "frequency_penalty", "logit_bias", "echo", "best_of", "suffix",
-        *_CHECKED_FIRST, "logprobs", "prompt", "max_tokens",
+        *_CHECKED_FIRST, "logprobs", "prompt", "max_tokens", "min_tokens",
     )  # fmt: skip
 
     template_messages: ClassVar[tuple[dict[str, str], ...]] = ()  # no template: the prompt is as given

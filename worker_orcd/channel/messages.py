@@ -37,6 +37,7 @@ class Sampling(msgspec.Struct, frozen=True):
     repetition_penalty: float
     seed: int
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # no end of generation before this many tokens (OpenAI's `min_tokens`, `ignore_eos`)
 
 
 class RunFacts(msgspec.Struct, frozen=True, array_like=True):

@@ -199,6 +199,8 @@ class InferenceLoop:
         send_token = self.channel.send_token
         number = run.number
         max_tokens = run.sampling.max_tokens
+        min_tokens = run.sampling.min_tokens
+        ban_eog = self.model.ban_eog
         fault_at, fault = self.faults.token_fault(run.job_id, self.channel)
         current = (llama_cpp.llama_token * 1)()
         next_batch = batch_get_one(current, 1)
@@ -207,6 +209,8 @@ class InferenceLoop:
         while True:
             if word.value:
                 return self._stopped(run, RunFacts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
+            if n_out < min_tokens:
+                ban_eog(ctx)
             token = sample(sampler, ctx, -1)
             if token in eog:
                 reason = StopReason.EOS

@@ -7,6 +7,7 @@ buffers) are made from it per job by `engine.contexts`.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class Model:
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         is_eog = llama_cpp.llama_vocab_is_eog
         self.eog_tokens = frozenset(t for t in range(self.n_vocab) if is_eog(self.vocab, t))
+        self._eog_list = sorted(self.eog_tokens)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self.info = ModelInfo(
@@ -97,6 +99,13 @@ class Model:
             tokens = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
         return list(tokens[:n])
+
+    def ban_eog(self, ctx: int, index: int = -1) -> None:
+        """Make the next token sampled from output `index` of `ctx` no end of generation
+        (`min_tokens`): its logits are -inf before the sampler chain reads them."""
+        logits = llama_cpp.llama_get_logits_ith(ctx, index)
+        for token in self._eog_list:
+            logits[token] = -math.inf
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (maybe part of a UTF-8 character); cached per token."""

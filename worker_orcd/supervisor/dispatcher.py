@@ -1,9 +1,11 @@
-"""The dispatcher: one thread that carries each job from the queue to its end on the engine.
+"""The dispatcher: a thread per slot, each carrying one job at a time from the queue to its end.
 
-It takes jobs one at a time, binds the job's cancel flag to the engine's word on
-the cancel board and sends the run; the channel's reader fills in the run
-(`started`, tokens, `stopped`, `done`). Then `jobs.outcomes` decides how the job
-ends and the dispatcher finishes it. While a job runs it keeps two clocks:
+With `--parallel N` the engine runs up to N jobs at once, each in its slot, and each
+slot has its own word on the cancel board and its own thread here: it takes the next
+job in turn from the queue, binds the job's cancel flag to its slot's word and sends
+the run; the channel's reader fills in the run (`started`, tokens, `stopped`, `done`).
+Then `jobs.outcomes` decides how the job ends and the slot's thread finishes it. No
+slot's state decides another slot's job. While a job runs its thread keeps two clocks:
 
 - the inference timeout: past it, the job's flag is raised (reason `timeout`);
 - the hard deadline: a raised flag the engine has not answered with `done`
@@ -12,10 +14,10 @@ ends and the dispatcher finishes it. While a job runs it keeps two clocks:
   reaped it (its memory, VRAM included, is back) the job ends `CANCELLED` with
   `forced: true`, and a new engine is started.
 
-If the engine process dies on its own, the running job ends at once with
-`ENGINE_FAILED` (retriable), unless its flag was raised: then it ends as its
-raiser decided, since the process is gone and its memory is back. A job the
-dead engine never took waits for the next engine, as queued jobs do.
+If the engine process dies on its own, or is killed for one slot's stuck cancel,
+every running job ends at once with `ENGINE_FAILED` (retriable), unless its flag was
+raised: then it ends as its raiser decided, since the process is gone and its memory
+is back. A job the dead engine never took waits for the next engine, as queued jobs do.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from worker_orcd.jobs.states import JobState, Phase
 from worker_orcd.log import log_event
 from worker_orcd.supervisor.lifecycle import Engine, EngineState, Lifecycle
 
-SLOT = 0  # one job runs at a time: one word on the board
 # Past the hard deadline, how long a `done` already in the socket may take to be read.
 UNREAD_GRACE_SEC = 1.0
 UNREAD_POLL_SEC = 0.005
@@ -53,6 +54,7 @@ class Run:
     number: int
     job: Job
     model: str
+    slot: int
     started: bool = False  # the engine took it (its `started` came)
     events_sent: int = 0
     stopped_at: float | None = None
@@ -67,29 +69,47 @@ class Dispatcher:
         self.lifecycle = lifecycle
         self.cond = lifecycle.cond
         self.cancel_deadline_sec = config.cancel_deadline_ms / 1000.0
-        self.active: Job | None = None
-        self.run: Run | None = None  # the run in hand, for the channel's reader
+        self.slots = board.slots
+        # Each slot's job, from the moment it leaves the queue, so a shutdown finds it.
+        self.running: dict[int, Job] = {}
+        # The runs in hand by number, for the channel's reader (which reads without the lock:
+        # an entry is added before its run is sent and removed after its `done` was read).
+        self.runs: dict[int, Run] = {}
         self._stop_reason: CancelReason | None = None  # every job from now on is cancelled so
         self._run_numbers = itertools.count(1)
-        self._thread = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._dispatch, args=(slot,), name=f"dispatcher-{slot}", daemon=True)
+            for slot in range(self.slots)
+        ]
+
+    @property
+    def active(self) -> Job | None:
+        """A running job (the one, with one slot)."""
+        return next(iter(self.running.values()), None)
+
+    def active_jobs(self) -> list[Job]:
+        """The running jobs, by slot."""
+        with self.cond:
+            return [self.running[slot] for slot in sorted(self.running)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread (it ends once the queue is closed and its job has ended)."""
-        if not self._thread.is_alive():
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the slots' threads (each ends once the queue is closed and its job has ended)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def stop_jobs(self, reason: CancelReason) -> None:
-        """Cancel the job in hand with `reason`, and every job taken from now on."""
+        """Cancel the jobs in hand with `reason`, and every job taken from now on."""
         with self.cond:
             self._stop_reason = reason
-            job = self.active
+            jobs = list(self.running.values())
             self.cond.notify_all()
-        if job is not None:
+        for job in jobs:
             cancel(job, reason)
 
     def end_waiting_jobs(self) -> None:
@@ -102,27 +122,26 @@ class Dispatcher:
 
     # -- the thread ------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, slot: int) -> None:
         while True:
             job = self.queue.take()
             if job is None:
                 return
-            # Active from the moment it leaves the queue, so a shutdown finds it.
             with self.cond:
-                self.active = job
+                self.running[slot] = job
                 stop = self._stop_reason
             if stop is not None:
                 cancel(job, stop)
             try:
-                self._carry(job)
+                self._carry(job, slot)
             except Exception as exc:  # never lose the thread, never leave a job without its end
                 log_event("job_internal_error", job_id=job.job_id, correlation_id=job.correlation_id, error=repr(exc))
                 job.finish(outcomes.failed(ErrorCode.INTERNAL, f"inference failed: {exc}", tokens_out=job.tokens_out))
             finally:
                 with self.cond:
-                    self.active = None
+                    del self.running[slot]
 
-    def _carry(self, job: Job) -> None:
+    def _carry(self, job: Job, slot: int) -> None:
         """Run the job on the engine until it has ended; a job the engine never took (it died
         first) waits for the next engine."""
         flag = job.cancel_flag
@@ -139,14 +158,14 @@ class Dispatcher:
             if job.state is JobState.QUEUED and not job.start():
                 return
             assert engine.ready is not None
-            run = Run(next(self._run_numbers), job, engine.ready.model.name)
             with self.cond:
-                self.run = run
-            flag.bind(self.board.address(SLOT))
+                run = Run(next(self._run_numbers), job, engine.ready.model.name, slot)
+                self.runs[run.number] = run
+            flag.bind(self.board.address(slot))
             try:
                 try:
                     engine.process.channel.send(
-                        RunRequest(run.number, job.job_id, job.prompt_tokens, job.sampling, SLOT)
+                        RunRequest(run.number, job.job_id, job.prompt_tokens, job.sampling, slot)
                     )
                 except OSError:
                     pass  # the engine is going: its reader reports it
@@ -154,7 +173,7 @@ class Dispatcher:
             finally:
                 flag.unbind()
                 with self.cond:
-                    self.run = None
+                    del self.runs[run.number]
             if outcome is not None:
                 self._finish(job, outcome, run)
                 return

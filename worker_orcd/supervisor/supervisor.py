@@ -2,7 +2,7 @@
 
 - `lifecycle`: the engine process's starts, deaths and giving up (a state enum);
 - `client`: the tokenize round trip, request numbers mapped to waiting requests;
-- `dispatcher`: one job at a time from the queue to its end, with its deadlines;
+- `dispatcher`: a thread per slot, each taking a job from the queue to its end, with its deadlines;
 - here: the channel's reader, on the event loop (a reader on its socket, every
   frame that has come per wake-up), which turns the engine's messages into the
   job's events (`started`, tokens) and facts, and hands the rest to its part.
@@ -78,7 +78,7 @@ class EngineSupervisor:
     ) -> None:
         self.config = config
         self.queue = queue
-        self.board = CancelBoard(1)
+        self.board = CancelBoard(config.parallel)  # a word per slot
         self.threads: dict[str, Any] | None = None  # the engine's latest thread choice
         # The loop that reads the engines' channels: the HTTP server's, or one of our own.
         self._own_loop: threading.Thread | None = None
@@ -149,6 +149,9 @@ class EngineSupervisor:
     @property
     def active(self) -> Job | None:
         return self.dispatcher.active
+
+    def active_jobs(self) -> list[Job]:
+        return self.dispatcher.active_jobs()
 
     @property
     def engine_pid(self) -> int | None:
@@ -239,11 +242,14 @@ class EngineSupervisor:
         try:
             frames = channel.read_available()
             if frames:
-                run = self.dispatcher.run
+                runs = self.dispatcher.runs
+                run = None  # the last token's run: with one slot, every token's
                 for frame in frames:
                     message = decode(frame)
                     if isinstance(message, tuple):  # a token: the hot path
-                        if run is not None and run.number == message[0]:
+                        if run is None or run.number != message[0]:
+                            run = runs.get(message[0])
+                        if run is not None:
                             job = run.job
                             job.tokens_out = message[1]
                             text = message[2]
@@ -254,7 +260,6 @@ class EngineSupervisor:
                             run.events_sent += 1
                     else:
                         self._on_message(engine, message)  # type: ignore[arg-type]
-                        run = self.dispatcher.run
         except Exception as exc:  # a frame that cannot be read, a bug: the channel is lost
             failure, frames = exc, None
         finally:
@@ -275,10 +280,10 @@ class EngineSupervisor:
         self.lifecycle.gone(engine, how or engine.process.how_it_ended())
 
     def _on_message(self, engine: Engine, message: EngineMessage) -> None:
-        run = self.dispatcher.run
+        run = self.dispatcher.runs.get(message.run) if isinstance(message, Started | Stopped | Done) else None
         match message:
             case Started():
-                if run is not None and run.number == message.run:
+                if run is not None:
                     run.started = True
                     job = run.job
                     job.emit(
@@ -298,10 +303,10 @@ class EngineSupervisor:
         with self._cond:
             match message:
                 case Stopped():
-                    if run is not None and run.number == message.run:
+                    if run is not None:
                         run.stopped_at = message.at
                 case Done():
-                    if run is not None and run.number == message.run:
+                    if run is not None:
                         run.facts = message.facts
                         if message.threads is not None:
                             self.threads = message.threads
