@@ -106,9 +106,10 @@ def test_ctrl_c_cancels_waits_for_cancelled_and_exits_130(worker, client):
     job = wait_job(client, job_id, "cancelled")
     assert job["cancel_reason"] == "client"  # the client's POST /cancel, not a disconnect
     # The text streamed to the terminal before the cancel, once the status redraws and the
-    # notes (each on a line of its own, maybe between two tokens) are taken out.
+    # notes (each on a line of its own, maybe between two tokens) are taken out; the terminal
+    # writes each newline of the text as CR LF.
     shown = re.sub(r"\r\x1b\[K(\[[^\]]*\][^\r\n]*)?", "", out)
-    shown = re.sub(r"(\r\n)?worker-orcd: [^\r\n]*\r\n", "", shown)
+    shown = re.sub(r"(\r\n)?worker-orcd: [^\r\n]*\r\n", "", shown).replace("\r\n", "\n")
     assert job["text"][:20] in shown, (shown, job["text"])
 
 
