@@ -4,6 +4,7 @@ import pytest
 
 from testkit.streams import wait_idle
 from testkit.worker import WorkerProcess
+from tests.e2e.helpers import APP_ORIGIN, KEYED_MAX_QUEUE, TOKENS
 
 
 @pytest.fixture
@@ -15,6 +16,24 @@ def worker_idle(worker):
     yield
     with worker.client() as c:
         wait_idle(c)
+
+
+@pytest.fixture(scope="session")
+def keyed_worker(shared_worker, tmp_path_factory):
+    """The worker with API keys, shared by the tests of tenants, operators and web pages:
+    alice and bob from --api-key flags, carol from --api-keys-file, the operator ops,
+    APP_ORIGIN let in, and the default tenant limit (helpers.TOKENS)."""
+    keys_file = tmp_path_factory.mktemp("keys") / "keys"
+    keys_file.write_text(f"# tenants of the tests\n\ncarol={TOKENS['carol']}\n  # end\n")
+    return shared_worker(
+        "--threads", "1",
+        "--max-queue", str(KEYED_MAX_QUEUE),
+        "--api-key", f"alice={TOKENS['alice']}",
+        "--api-key", f"bob={TOKENS['bob']}",
+        "--api-keys-file", str(keys_file),
+        "--admin-key", f"ops={TOKENS['ops']}",
+        "--allow-origin", APP_ORIGIN,
+    )  # fmt: skip
 
 
 @pytest.fixture

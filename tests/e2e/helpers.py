@@ -8,10 +8,24 @@ import os
 import time
 from typing import Any
 
+import httpx
+
 from testkit.prompts import CHAT, LONG_ANSWER_PROMPT, LONG_PROMPT
+from testkit.streams import StreamThread, uid, wait_active
 from testkit.waiting import wait_until
 from testkit.worker import WorkerProcess
 
+# The keyed worker's callers (tests/e2e/conftest.py, `keyed_worker`): tenants alice and bob
+# from --api-key, carol from --api-keys-file, the operator ops from --admin-key.
+TOKENS = {
+    "alice": "alice-token-1f2e",
+    "bob": "bob-token-9c8d",
+    "carol": "carol-token-from-file",
+    "ops": "ops-token-5d1a",
+}
+ALICE, BOB, CAROL, OPS = ({"Authorization": f"Bearer {TOKENS[name]}"} for name in ("alice", "bob", "carol", "ops"))
+KEYED_MAX_QUEUE = 8
+APP_ORIGIN = "https://app.example"  # the one foreign origin the keyed worker lets in
 
 
 def long_answer_job(job_id: str, max_tokens: int = 1500) -> dict[str, Any]:
@@ -62,3 +76,19 @@ def long_prompt_job(job_id: str, **extra: Any) -> dict[str, Any]:
 
 def elapsed_since(t0: float) -> float:
     return time.perf_counter() - t0
+
+
+def start_blocker(worker: WorkerProcess, client: httpx.Client, headers: dict | None = None) -> StreamThread:
+    """A job (of `headers`' tenant) that holds the engine until cancelled: running when this returns."""
+    blocker = StreamThread(worker, long_prompt_job(uid("blocker")), headers=headers).start()
+    wait_active(client, blocker.job_id)
+    return blocker
+
+
+def queue_in_order(worker: WorkerProcess, bodies: list[dict], headers: dict | None = None) -> list[StreamThread]:
+    """Submit each job once the one before is queued."""
+    streams = []
+    for body in bodies:
+        streams.append(StreamThread(worker, body, headers=headers).start())
+        worker.log.wait_for("job_queued", job_id=body["job_id"])
+    return streams

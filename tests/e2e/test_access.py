@@ -13,18 +13,13 @@ import httpx
 import pytest
 
 from testkit.prompts import CHAT
-from testkit.streams import StreamThread, assert_error, cancel, job_of, terminal, uid, wait_active, wait_idle
+from testkit.streams import StreamThread, assert_error, cancel, job_of, terminal, uid, wait_idle
 from testkit.waiting import wait_until
 from testkit.wire import execute
 from testkit.worker import WorkerProcess
-from tests.e2e.helpers import long_prompt_job
+from tests.e2e.helpers import ALICE, APP_ORIGIN, BOB, KEYED_MAX_QUEUE, OPS, queue_in_order, start_blocker
 
-ALICE = {"Authorization": "Bearer alice-access-token"}
-BOB = {"Authorization": "Bearer bob-access-token"}
-OPS = {"Authorization": "Bearer ops-access-token"}
-APP_ORIGIN = "https://app.example"
-MAX_QUEUE = 8
-TENANT_LIMIT = (MAX_QUEUE + 1) // 2  # the default with keys: half of the queue and the running job
+TENANT_LIMIT = (KEYED_MAX_QUEUE + 1) // 2  # the default with keys: half of the queue and the running job
 PROMPT = CHAT.format("Say hello.")
 EXIT_TIMEOUT = 60
 
@@ -34,46 +29,13 @@ def small_job(job_id: str) -> dict:
     return {"job_id": job_id, "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def access_worker():
-    """Two tenants, one operator, one foreign origin let in; the default tenant limit."""
-    w = WorkerProcess(
-        args=[
-            "--threads", "1",
-            "--max-queue", str(MAX_QUEUE),
-            "--api-key", "alice=alice-access-token",
-            "--api-key", "bob=bob-access-token",
-            "--admin-key", "ops=ops-access-token",
-            "--allow-origin", APP_ORIGIN,
-        ]
-    ).start()
-    yield w
-    w.stop()
-
-
 @pytest.fixture
-def idle(access_worker):
-    with access_worker.client(headers=OPS) as c:
+def idle(keyed_worker):
+    with keyed_worker.client(headers=OPS) as c:
         wait_idle(c)
     yield
-    with access_worker.client(headers=OPS) as c:
+    with keyed_worker.client(headers=OPS) as c:
         wait_idle(c)
-
-
-def start_blocker(worker: WorkerProcess, headers: dict, client: httpx.Client) -> StreamThread:
-    """A job of `headers`' tenant that holds the engine until cancelled."""
-    blocker = StreamThread(worker, long_prompt_job(uid("blocker")), headers=headers).start()
-    wait_active(client, blocker.job_id)
-    return blocker
-
-
-def queue_in_order(worker: WorkerProcess, jobs: list[tuple[dict, str]]) -> list[StreamThread]:
-    """Submit each (headers, job id) and wait until it is queued before the next."""
-    streams = []
-    for headers, job_id in jobs:
-        streams.append(StreamThread(worker, small_job(job_id), headers=headers).start())
-        worker.log.wait_for("job_queued", job_id=job_id)
-    return streams
 
 
 def end_all(client: httpx.Client, blocker: StreamThread, streams: list[StreamThread]) -> None:
@@ -86,16 +48,16 @@ def end_all(client: httpx.Client, blocker: StreamThread, streams: list[StreamThr
 # -- operators (WO-AUTH-4, WO-AUTH-5) ------------------------------------------------------
 
 
-def test_a_tenant_cannot_stop_the_worker(access_worker):
-    with access_worker.client(headers=BOB) as bob:
+def test_a_tenant_cannot_stop_the_worker(keyed_worker):
+    with keyed_worker.client(headers=BOB) as bob:
         r = bob.post("/shutdown", headers={"X-Correlation-Id": "stop-by-bob"})
         error = assert_error(r, 403, "FORBIDDEN")
         assert "operator" in error["message"]
-        denied = access_worker.log.wait_for("shutdown_denied", correlation_id="stop-by-bob")
+        denied = keyed_worker.log.wait_for("shutdown_denied", correlation_id="stop-by-bob")
         assert denied["tenant"] == "bob"
         assert bob.get("/health").json()["status"] == "healthy"
-    assert access_worker.proc.poll() is None
-    assert access_worker.log.events("shutdown_requested") == []
+    assert keyed_worker.proc.poll() is None
+    assert keyed_worker.log.events("shutdown_requested") == []
 
 
 def test_an_operator_stops_the_worker():
@@ -150,10 +112,10 @@ def test_without_keys_only_this_machine_stops_the_worker():
 # -- /health per caller (WO-AUTH-6) -------------------------------------------------------
 
 
-def test_health_shows_each_caller_only_what_is_theirs(access_worker, idle):
-    w = access_worker
+def test_health_shows_each_caller_only_what_is_theirs(keyed_worker, idle):
+    w = keyed_worker
     with w.client(headers=ALICE) as alice, w.client(headers=BOB) as bob, w.client(headers=OPS) as ops:
-        blocker = start_blocker(w, ALICE, alice)
+        blocker = start_blocker(w, alice, ALICE)
         job_id = blocker.job_id
         with w.client() as anonymous:
             for headers in ({}, {"Authorization": "Bearer not-a-token"}):
@@ -175,11 +137,11 @@ def test_health_shows_each_caller_only_what_is_theirs(access_worker, idle):
 # -- the per-tenant limit (WO-LIMIT-2) ----------------------------------------------------
 
 
-def test_a_tenant_at_its_limit_gets_429_while_another_gets_in(access_worker, idle):
-    w = access_worker
+def test_a_tenant_at_its_limit_gets_429_while_another_gets_in(keyed_worker, idle):
+    w = keyed_worker
     with w.client(headers=ALICE) as alice, w.client(headers=BOB) as bob:
-        blocker = start_blocker(w, ALICE, alice)
-        waiting = queue_in_order(w, [(ALICE, uid(f"limit-a{n}")) for n in range(TENANT_LIMIT - 1)])
+        blocker = start_blocker(w, alice, ALICE)
+        waiting = queue_in_order(w, [small_job(uid(f"limit-a{n}")) for n in range(TENANT_LIMIT - 1)], ALICE)
 
         refused = uid("limit-refused")
         r = alice.post("/execute", json=small_job(refused))
@@ -188,7 +150,7 @@ def test_a_tenant_at_its_limit_gets_429_while_another_gets_in(access_worker, idl
         assert_error(alice.get(f"/jobs/{refused}"), 404, "JOB_NOT_FOUND")  # nothing was queued
 
         # Bob is not held up by Alice's share.
-        waiting += queue_in_order(w, [(BOB, uid("limit-b"))])
+        waiting += queue_in_order(w, [small_job(uid("limit-b"))], BOB)
         end_all(alice, blocker, waiting)
         wait_idle(alice)
         # Her jobs ended, so she has room again.
@@ -198,14 +160,15 @@ def test_a_tenant_at_its_limit_gets_429_while_another_gets_in(access_worker, idl
 # -- tenants in turn (WO-JOB-6) -----------------------------------------------------------
 
 
-def test_waiting_jobs_of_two_tenants_run_in_turn(access_worker, idle):
-    w = access_worker
+def test_waiting_jobs_of_two_tenants_run_in_turn(keyed_worker, idle):
+    w = keyed_worker
     with w.client(headers=ALICE) as alice, w.client(headers=BOB) as bob:
-        blocker = start_blocker(w, ALICE, alice)
+        blocker = start_blocker(w, alice, ALICE)
         a = [uid(f"turn-a{n}") for n in range(3)]
         b = [uid(f"turn-b{n}") for n in range(2)]
         # Alice queues all of hers before Bob queues any.
-        streams = queue_in_order(w, [(ALICE, i) for i in a] + [(BOB, i) for i in b])
+        streams = queue_in_order(w, [small_job(i) for i in a], ALICE)
+        streams += queue_in_order(w, [small_job(i) for i in b], BOB)
         end_all(alice, blocker, streams)
         jobs = {i: job_of(alice, i) for i in a} | {i: job_of(bob, i) for i in b}
 
@@ -256,8 +219,8 @@ def test_a_rebinding_page_is_refused_by_its_host(client, worker):
         assert client.get("/jobs", headers={"Host": host}).status_code == 200
 
 
-def test_an_allowed_origin_gets_cors(access_worker, idle):
-    w = access_worker
+def test_an_allowed_origin_gets_cors(keyed_worker, idle):
+    w = keyed_worker
     with w.client() as c:
         preflight = c.options(
             "/execute",

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import base64
 
 import pytest
 
 from testkit.prompts import CHAT
 from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, job_of, terminal, uid
 from testkit.wire import execute
-from testkit.worker import WorkerProcess
+from tests.e2e.helpers import ALICE, BOB, CAROL, TOKENS
 
-ALICE = {"Authorization": "Bearer alice-token-1f2e"}
-BOB = {"Authorization": "Bearer bob-token-9c8d"}
-CAROL = {"Authorization": "Bearer carol-token-from-file"}
 PROMPT = CHAT.format("Count from one to twenty.")
 
 # Every route but /health, with a body that would be valid if the caller were allowed.
@@ -30,24 +26,6 @@ PROTECTED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def keyed_worker():
-    """Two tenants from --api-key flags and a third from --api-keys-file."""
-    keys_file = Path(tempfile.mkdtemp(prefix="worker-orcd-keys-")) / "keys"
-    keys_file.write_text("# tenants of this test\n\ncarol=carol-token-from-file\n  # end\n")
-    w = WorkerProcess(
-        args=[
-            "--threads", "1",
-            "--api-key", "alice=alice-token-1f2e",
-            "--api-key", "bob=bob-token-9c8d",
-            "--api-keys-file", str(keys_file),
-        ]
-    )
-    w.start()
-    yield w
-    w.stop()
-
-
 def job(job_id: str, max_tokens: int = 4) -> dict:
     return {"job_id": job_id, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
 
@@ -58,9 +36,9 @@ def job(job_id: str, max_tokens: int = 4) -> dict:
     [
         {},
         {"Authorization": "Bearer not-a-token"},
-        {"Authorization": "Bearer alice-token-1f2"},  # a prefix of a real token
-        {"Authorization": "Basic YWxpY2U6YWxpY2UtdG9rZW4tMWYyZQ=="},
-        {"Authorization": "alice-token-1f2e"},
+        {"Authorization": f"Bearer {TOKENS['alice'][:-1]}"},  # a prefix of a real token
+        {"Authorization": "Basic " + base64.b64encode(f"alice:{TOKENS['alice']}".encode()).decode()},
+        {"Authorization": TOKENS["alice"]},
     ],
     ids=["none", "wrong", "prefix", "basic", "no-scheme"],
 )

@@ -22,7 +22,7 @@ import pytest
 
 from testkit.prompts import LONG_PROMPT, SHORT_ANSWER, SHORT_PROMPT
 from testkit.streams import CORRELATION_HEADER, StreamThread, assert_error, cancel, uid, wait_active
-from testkit.worker import WorkerProcess
+from tests.e2e.helpers import TOKENS
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -39,7 +39,7 @@ ASSETS = {
     "/console/console.js": "text/javascript",
     "/console/console.css": "text/css",
 }
-TOKEN = "console-token"
+TOKEN = TOKENS["alice"]
 # Chromium as root in a container, on a closed network: no sandbox, no GPU, no
 # calls home (refused connections would only slow it down).
 CHROMIUM_ARGS = [
@@ -131,25 +131,12 @@ class ConsolePage:
         assert self.problems == []
 
 
-@pytest.fixture(scope="module")
-def console_worker() -> Iterator[WorkerProcess]:
-    """A worker of its own: its job list holds only this module's jobs."""
-    w = WorkerProcess(args=["--threads", "1"]).start()
-    yield w
-    w.stop()
-
-
-@pytest.fixture(scope="module")
-def keyed_console_worker() -> Iterator[WorkerProcess]:
-    w = WorkerProcess(args=["--threads", "1", "--api-key", f"alice={TOKEN}"]).start()
-    yield w
-    w.stop()
-
-
 @pytest.fixture
-def tab(browser, console_worker) -> Iterator[ConsolePage]:
+def tab(browser, worker, worker_idle) -> Iterator[ConsolePage]:
+    """A tab on the shared worker's console; the worker is idle, so the page's jobs are the
+    newest in its job list and run at once unless a test holds the engine."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    yield ConsolePage(context.new_page(), console_worker.url)
+    yield ConsolePage(context.new_page(), worker.url)
     context.close()
 
 
@@ -162,18 +149,18 @@ def _assert_console_headers(response: httpx.Response) -> None:
 
 
 @pytest.mark.parametrize("path", list(ASSETS))
-def test_console_files_are_served_with_a_strict_policy(console_worker, path):
+def test_console_files_are_served_with_a_strict_policy(worker, path):
     """WO-CONSOLE-1, WO-CONSOLE-2: the page and its assets, each with the CSP and nosniff."""
-    r = httpx.get(console_worker.url + path)
+    r = httpx.get(worker.url + path)
     assert r.status_code == 200
     assert r.headers["content-type"].split(";")[0] == ASSETS[path]
     assert CORRELATION_HEADER in r.headers
     _assert_console_headers(r)
 
 
-def test_unknown_assets_and_other_methods_are_json_errors(console_worker):
+def test_unknown_assets_and_other_methods_are_json_errors(worker):
     """WO-CONSOLE-1: only the page and its listed assets; every other answer is a JSON error."""
-    with console_worker.client() as c:
+    with worker.client() as c:
         missing = c.get("/console/index.html")
         assert_error(missing, 404, "NOT_FOUND")
         _assert_console_headers(missing)
@@ -183,9 +170,9 @@ def test_unknown_assets_and_other_methods_are_json_errors(console_worker):
         assert c.head("/").status_code == 200
 
 
-def test_the_page_needs_no_token_but_the_api_does(keyed_console_worker):
+def test_the_page_needs_no_token_but_the_api_does(keyed_worker):
     """WO-CONSOLE-1, WO-CONSOLE-6: on a worker with keys the page loads without one."""
-    with keyed_console_worker.client() as c:
+    with keyed_worker.client() as c:
         for path in ASSETS:
             r = c.get(path)
             assert r.status_code == 200, r.text
@@ -233,7 +220,7 @@ def test_the_files_are_package_data():
 # --- in the browser --------------------------------------------------------------
 
 
-def test_stream_and_cancel_in_the_browser(tab, console_worker):
+def test_stream_and_cancel_in_the_browser(tab, worker):
     """WO-CONSOLE-3..5, WO-CONSOLE-7: a job completes; another streams, is cancelled with
     the Cancel button, shows its latencies, and both appear in the job list."""
     page = tab.open().page
@@ -276,7 +263,7 @@ def test_stream_and_cancel_in_the_browser(tab, console_worker):
 
     # The page's Cancel was a POST /cancel (a dropped stream would say "disconnect"),
     # and it showed every token the worker recorded, and nothing else.
-    with console_worker.client() as c:
+    with worker.client() as c:
         record = c.get(f"/jobs/{job_id}").json()
     assert record["state"] == "cancelled" and record["cancel_reason"] == "client"
     assert page.locator("#output").text_content() == record["text"]
@@ -284,7 +271,7 @@ def test_stream_and_cancel_in_the_browser(tab, console_worker):
     shown_stop_ms = float(page.locator("#stop-ms").inner_text().removesuffix(" ms"))
     assert abs(shown_stop_ms - record["stop_ms"]) <= 0.051  # shown to a tenth of a ms
     # Same-origin calls carry the worker's own origin and pass its Origin check.
-    assert [r.all_headers().get("origin") for r in executes] == [console_worker.url] * 2
+    assert [r.all_headers().get("origin") for r in executes] == [worker.url] * 2
 
     shot = os.environ.get("WORKER_ORCD_CONSOLE_SCREENSHOT")
     if shot:
@@ -293,13 +280,13 @@ def test_stream_and_cancel_in_the_browser(tab, console_worker):
     tab.assert_clean()
 
 
-def test_cancel_works_before_the_job_starts(tab, console_worker):
+def test_cancel_works_before_the_job_starts(tab, worker):
     """WO-CONSOLE-4: the page made the id, so a job still waiting in the queue is cancelled too."""
     page = tab.open().page
-    blocker = StreamThread(console_worker, {"job_id": uid("blocker"), "prompt": LONG_PROMPT, "max_tokens": 64})
+    blocker = StreamThread(worker, {"job_id": uid("blocker"), "prompt": LONG_PROMPT, "max_tokens": 64})
     blocker.start()
     try:
-        with console_worker.client() as c:
+        with worker.client() as c:
             wait_active(c, blocker.job_id)
             tab.set_params("Hello", max_tokens=16)
             job_id = tab.stream()
@@ -310,18 +297,18 @@ def test_cancel_works_before_the_job_starts(tab, console_worker):
             expect(tab.job_row(job_id).locator(".state")).to_have_text("cancelled")
             assert c.get(f"/jobs/{job_id}").json()["started_at"] is None  # it never ran
     finally:
-        with console_worker.client() as c:
+        with worker.client() as c:
             cancel(c, blocker.job_id)
         blocker.join()
     tab.assert_clean()
 
 
-def test_token_field_on_a_worker_with_keys(browser, keyed_console_worker):
+def test_token_field_on_a_worker_with_keys(browser, keyed_worker):
     """WO-CONSOLE-6: the page asks for a token, shows a refusal, streams with the right
     token and keeps it for this tab only."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        tab = ConsolePage(context.new_page(), keyed_console_worker.url)
+        tab = ConsolePage(context.new_page(), keyed_worker.url)
         page = tab.page
         page.goto(tab.url + "/")
         expect(page.locator("#auth")).to_be_visible()
@@ -338,7 +325,7 @@ def test_token_field_on_a_worker_with_keys(browser, keyed_console_worker):
         expect(tab.state()).to_have_text("completed")
         expect(tab.job_row(job_id).locator(".state")).to_have_text("completed")
         expect(page.locator("#jobs-error")).to_be_hidden()
-        with keyed_console_worker.client(headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        with keyed_worker.client(headers={"Authorization": f"Bearer {TOKEN}"}) as c:
             assert c.get(f"/jobs/{job_id}").json()["state"] == "completed"  # alice's job
 
         page.reload()  # kept for the tab ...

@@ -1,7 +1,7 @@
 """The engine in its own process (specs/internals.md, "The engine process"): a cancel that holds
 even when the engine does not.
 
-Each test starts its own worker: they kill, hang and restart its engine process.
+The tests that kill, hang and restart the engine process start a worker of their own.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ def maps_llama(pid: int) -> bool:
 
 
 
-def test_the_front_never_loads_the_engine(own_worker):
+def test_the_front_never_loads_the_engine(worker):
     """WO-ENGINE-1: the model and llama.cpp live in the engine process only."""
-    w = own_worker()
-    engine = engine_of(w)["pid"]
-    assert maps_llama(engine) and not maps_llama(w.proc.pid)
+    engine = engine_of(worker)["pid"]
+    assert maps_llama(engine) and not maps_llama(worker.proc.pid)
     with open(f"/proc/{engine}/stat") as f:
-        assert int(f.read().rsplit(")", 1)[1].split()[1]) == w.proc.pid  # its parent is the worker
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == worker.proc.pid  # its parent is the worker
     # Nor does importing the front pull it in.
     code = "import sys, worker_orcd.server, worker_orcd.cli; print('llama_cpp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -167,18 +167,19 @@ def test_stop_string(client):
     assert text_of(events) == SHORT_ANSWER
 
 
+def execute_with_correlation(client, job_id: str, correlation_id: str) -> tuple[str, list]:
+    """A short job sent with this X-Correlation-Id: the one the response carries, and its events."""
+    body = {"job_id": job_id, "prompt": "Hi", "max_tokens": 2}
+    with client.stream("POST", "/execute", json=body, headers={CORRELATION_HEADER: correlation_id}) as r:
+        return r.headers[CORRELATION_HEADER], list(iter_events(r))
+
+
 def test_correlation_id(client, worker):
     # Taken from the request when well formed…
     cid = uid("corr:A.b_c")
     job_id = uid("corr")
-    with client.stream(
-        "POST",
-        "/execute",
-        json={"job_id": job_id, "prompt": "Hi", "max_tokens": 2},
-        headers={CORRELATION_HEADER: cid},
-    ) as r:
-        assert r.headers[CORRELATION_HEADER] == cid
-        events = list(iter_events(r))
+    answered, events = execute_with_correlation(client, job_id, cid)
+    assert answered == cid
     assert events[0].data["correlation_id"] == cid
     line = worker.log.wait_for("job_queued", job_id=job_id)
     assert line["correlation_id"] == cid and line["worker_id"] == "test-worker"
@@ -189,15 +190,7 @@ def test_correlation_id(client, worker):
 
     # …otherwise made anew, and echoed on every kind of response.
     for bad in ("has space", "x" * 129, "", "semi;colon"):
-        job_id = uid("corr-bad")
-        with client.stream(
-            "POST",
-            "/execute",
-            json={"job_id": job_id, "prompt": "Hi", "max_tokens": 1},
-            headers={CORRELATION_HEADER: bad},
-        ) as r:
-            made = r.headers[CORRELATION_HEADER]
-            events = list(iter_events(r))
+        made, events = execute_with_correlation(client, uid("corr-bad"), bad)
         assert made != bad and re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", made)
         assert events[0].data["correlation_id"] == made
     generated = {client.get("/health").headers[CORRELATION_HEADER] for _ in range(3)}

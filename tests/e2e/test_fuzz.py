@@ -41,6 +41,7 @@ from testkit.streams import assert_well_formed, terminal
 from testkit.waiting import wait_until
 from testkit.wire import execute
 from testkit.worker import WorkerProcess
+from tests.e2e.helpers import ALICE
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "openapi.json"
 MAX_FUZZ_TOKENS = 4  # a generated job never asks for more
@@ -512,13 +513,6 @@ def test_limits_answer_conform(fuzz_worker):
     assert r.status_code == 431
 
 
-@pytest.fixture(scope="module")
-def keyed_worker():
-    w = WorkerProcess(args=["--threads", "1", "--api-key", "alice=fuzz-token"]).start()
-    yield w
-    w.stop()
-
-
 UNAUTHENTICATED = [
     ("POST", "/execute", {"body": {"job_id": "no-token", "prompt": "Hi", "max_tokens": 1}}),
     ("POST", "/cancel", {"body": {"job_id": "no-token"}}),
@@ -547,12 +541,11 @@ def test_health_needs_no_token(keyed_worker):
 
 def test_access_answers_conform(keyed_worker, fuzz_worker):
     """403s of the access rules, and /health with a token (WO-AUTH-4..8), are answers of the document."""
-    alice = {"Authorization": "Bearer fuzz-token"}
-    r = call_documented(keyed_worker, "GET", "/health", headers=alice)
+    r = call_documented(keyed_worker, "GET", "/health", headers=ALICE)
     assert r.status_code == 200 and "busy" in r.json()
-    r = call_documented(keyed_worker, "POST", "/shutdown", headers=alice)
+    r = call_documented(keyed_worker, "POST", "/shutdown", headers=ALICE)
     assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
-    r = call_documented(keyed_worker, "GET", "/jobs", headers={**alice, "Origin": "http://evil.example"})
+    r = call_documented(keyed_worker, "GET", "/jobs", headers={**ALICE, "Origin": "http://evil.example"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "ORIGIN_NOT_ALLOWED"
     r = call_documented(fuzz_worker, "GET", "/health", headers={"Host": "evil.example"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "HOST_NOT_ALLOWED"

@@ -14,6 +14,16 @@ pytestmark = pytest.mark.usefixtures("worker_idle")
 ID = "{id}"  # replaced by a fresh job id for each case
 OK = {"job_id": ID, "prompt": "Hello"}
 
+# Values each field refuses, each sent alone and named in its case's id.
+BAD_VALUES = {
+    "max_tokens": {"bool": True, "float": 10.5, "string": "10", "zero": 0, "big": 2049},
+    "temperature": {"bool": False, "string": "0.7", "low": -0.1, "high": 2.1},
+    "top_p": {"bool": True, "low": -0.5, "high": 1.5},
+    "top_k": {"bool": True, "float": 4.5, "negative": -1, "over-vocab": 49153},
+    "repetition_penalty": {"bool": True, "low": -1.0, "high": 2.01},
+    "seed": {"bool": False, "float": 1.5, "string": "42", "negative": -1, "too-big": 2**64},
+}
+
 # (id, body or raw bytes, the fields `details` must name; "" is the body as a whole)
 EXECUTE_CASES = [
     ("not-json", b"this is not json", [""]),
@@ -31,30 +41,11 @@ EXECUTE_CASES = [
     ("unknown-field", {**OK, "model": "gpt"}, ["model"]),
     ("missing-prompt", {"job_id": ID}, ["prompt"]),
     ("missing-job-id", {"prompt": "Hello"}, ["job_id"]),
-    ("max-tokens-bool", {**OK, "max_tokens": True}, ["max_tokens"]),
-    ("max-tokens-float", {**OK, "max_tokens": 10.5}, ["max_tokens"]),
-    ("max-tokens-string", {**OK, "max_tokens": "10"}, ["max_tokens"]),
-    ("max-tokens-zero", {**OK, "max_tokens": 0}, ["max_tokens"]),
-    ("max-tokens-big", {**OK, "max_tokens": 2049}, ["max_tokens"]),
-    ("temperature-bool", {**OK, "temperature": False}, ["temperature"]),
-    ("temperature-string", {**OK, "temperature": "0.7"}, ["temperature"]),
-    ("temperature-low", {**OK, "temperature": -0.1}, ["temperature"]),
-    ("temperature-high", {**OK, "temperature": 2.1}, ["temperature"]),
-    ("top-p-bool", {**OK, "top_p": True}, ["top_p"]),
-    ("top-p-low", {**OK, "top_p": -0.5}, ["top_p"]),
-    ("top-p-high", {**OK, "top_p": 1.5}, ["top_p"]),
-    ("top-k-bool", {**OK, "top_k": True}, ["top_k"]),
-    ("top-k-float", {**OK, "top_k": 4.5}, ["top_k"]),
-    ("top-k-negative", {**OK, "top_k": -1}, ["top_k"]),
-    ("top-k-over-vocab", {**OK, "top_k": 49153}, ["top_k"]),
-    ("rep-penalty-bool", {**OK, "repetition_penalty": True}, ["repetition_penalty"]),
-    ("rep-penalty-low", {**OK, "repetition_penalty": -1.0}, ["repetition_penalty"]),
-    ("rep-penalty-high", {**OK, "repetition_penalty": 2.01}, ["repetition_penalty"]),
-    ("seed-bool", {**OK, "seed": False}, ["seed"]),
-    ("seed-float", {**OK, "seed": 1.5}, ["seed"]),
-    ("seed-string", {**OK, "seed": "42"}, ["seed"]),
-    ("seed-negative", {**OK, "seed": -1}, ["seed"]),
-    ("seed-too-big", {**OK, "seed": 2**64}, ["seed"]),
+    *(
+        (f"{field.replace('_', '-')}-{what}", {**OK, field: value}, [field])
+        for field, values in BAD_VALUES.items()
+        for what, value in values.items()
+    ),
     ("prompt-empty", {"job_id": ID, "prompt": ""}, ["prompt"]),
     ("prompt-number", {"job_id": ID, "prompt": 12}, ["prompt"]),
     ("prompt-too-many-chars", {"job_id": ID, "prompt": "a" * 32769}, ["prompt"]),

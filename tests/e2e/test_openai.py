@@ -350,7 +350,7 @@ ALICE, BOB = "oai-alice-token", "oai-bob-token"
 
 
 @pytest.fixture(scope="module")
-def keyed_worker():
+def faulty_keyed_worker():
     """Two tenants; a fault for jobs named `oai-fault…`; a 4 s inference timeout."""
     w = WorkerProcess(
         args=["--threads", "1", "--api-key", f"alice={ALICE}", "--api-key", f"bob={BOB}", "--inference-timeout-sec", "4"],
@@ -360,26 +360,26 @@ def keyed_worker():
     w.stop()
 
 
-def test_tenants_cannot_see_or_cancel_each_others_completions(keyed_worker):
+def test_tenants_cannot_see_or_cancel_each_others_completions(faulty_keyed_worker):
     """WO-OAI-1 (WO-AUTH-1, WO-AUTH-2): the api_key is the bearer token; another tenant's
     cancel by id does nothing and its GET /jobs/{id} is 404."""
-    with oai(keyed_worker) as nobody, pytest.raises(openai.AuthenticationError) as raised:
+    with oai(faulty_keyed_worker) as nobody, pytest.raises(openai.AuthenticationError) as raised:
         nobody.models.list()
     assert raised.value.code == "UNAUTHORIZED"
 
-    alice, bob = oai(keyed_worker, ALICE), oai(keyed_worker, BOB)
+    alice, bob = oai(faulty_keyed_worker, ALICE), oai(faulty_keyed_worker, BOB)
     model = alice.models.list().data[0].id
     job_id = uid("oai-tenant")
     stream = alice.chat.completions.create(
         model=model, messages=STORY, temperature=0, max_tokens=60, stream=True, extra_headers={REQUEST_ID: job_id}
     )
     chunks = [next(stream), next(stream)]
-    with keyed_worker.client(headers={"Authorization": f"Bearer {BOB}"}) as as_bob:
+    with faulty_keyed_worker.client(headers={"Authorization": f"Bearer {BOB}"}) as as_bob:
         cancel(as_bob, job_id)
         assert_error(as_bob.get(f"/jobs/{job_id}"), 404, "JOB_NOT_FOUND")
     chunks += list(stream)  # alice's stream runs to its end
     assert chunks[-1].choices[0].finish_reason == "length"
-    with keyed_worker.client(headers={"Authorization": f"Bearer {ALICE}"}) as as_alice:
+    with faulty_keyed_worker.client(headers={"Authorization": f"Bearer {ALICE}"}) as as_alice:
         job = job_of(as_alice, job_id)
     assert job["state"] == "completed" and job["cancel_requested"] is False
     # Ids are per tenant: bob may use the same one; but bob's cancel named an id bob did
@@ -392,10 +392,10 @@ def test_tenants_cannot_see_or_cancel_each_others_completions(keyed_worker):
     bob.close()
 
 
-def test_job_failures_end_the_stream_with_their_code(keyed_worker):
+def test_job_failures_end_the_stream_with_their_code(faulty_keyed_worker):
     """WO-OAI-8: an engine failure and the inference timeout end a stream as a cancel does,
     with their stable codes; a whole answer gets the code's HTTP status."""
-    with oai(keyed_worker, ALICE) as alice:
+    with oai(faulty_keyed_worker, ALICE) as alice:
         model = alice.models.list().data[0].id
         stream = alice.chat.completions.create(
             model=model, messages=FRANCE, max_tokens=8, stream=True, extra_headers={REQUEST_ID: uid("oai-fault")}

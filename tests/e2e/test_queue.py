@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.streams import (
-    StreamThread,
-    assert_error,
-    assert_well_formed,
-    cancel,
-    job_of,
-    terminal,
-    uid,
-    wait_active,
-    wait_idle,
-)
+from testkit.streams import StreamThread, assert_error, assert_well_formed, cancel, job_of, terminal, uid, wait_idle
 from testkit.waiting import wait_until
 from testkit.wire import execute
 from testkit.worker import WorkerProcess
-from tests.e2e.helpers import long_prompt_job
+from tests.e2e.helpers import queue_in_order, start_blocker
 
 pytestmark = pytest.mark.usefixtures("worker_idle")
 
 
 def test_jobs_run_in_order(client, worker):
-    blocker_id = uid("blocker")
-    blocker = StreamThread(worker, long_prompt_job(blocker_id)).start()
-    wait_active(client, blocker_id)
-
+    blocker = start_blocker(worker, client)
+    blocker_id = blocker.job_id
     ids = [uid(f"fifo{n}") for n in range(3)]
     streams = []
     for n, job_id in enumerate(ids):
@@ -61,14 +49,10 @@ def test_jobs_run_in_order(client, worker):
 
 def test_a_queued_job_knows_its_place(client, worker):
     """WO-JOBS-5: `queue_position` while queued (0: next), gone once the job runs."""
-    blocker_id = uid("blocker")
-    blocker = StreamThread(worker, long_prompt_job(blocker_id)).start()
-    wait_active(client, blocker_id)
+    blocker = start_blocker(worker, client)
+    blocker_id = blocker.job_id
     ids = [uid(f"place{n}") for n in range(2)]
-    streams = []
-    for job_id in ids:
-        streams.append(StreamThread(worker, {"job_id": job_id, "prompt": "Hi", "max_tokens": 2}).start())
-        worker.log.wait_for("job_queued", job_id=job_id)
+    streams = queue_in_order(worker, [{"job_id": job_id, "prompt": "Hi", "max_tokens": 2} for job_id in ids])
     assert [job_of(client, job_id)["queue_position"] for job_id in ids] == [0, 1]
     assert "queue_position" not in job_of(client, blocker_id)  # running
     cancel(client, ids[0])
@@ -90,9 +74,8 @@ def small_queue_worker():
 def test_full_queue_is_503(small_queue_worker):
     w = small_queue_worker
     with w.client() as c:
-        running_id, waiting_id, refused_id = uid("running"), uid("waiting"), uid("refused")
-        running = StreamThread(w, long_prompt_job(running_id)).start()
-        wait_active(c, running_id)
+        running = start_blocker(w, c)
+        running_id, waiting_id, refused_id = running.job_id, uid("waiting"), uid("refused")
         waiting = StreamThread(w, {"job_id": waiting_id, "prompt": "Hi", "max_tokens": 2}).start()
         wait_until(lambda: c.get("/health").json()["queue_depth"] == 1)
 

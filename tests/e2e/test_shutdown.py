@@ -4,9 +4,8 @@ the process exits 0."""
 
 from __future__ import annotations
 
+import functools
 import signal
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,20 +28,9 @@ def short_job(job_id: str) -> dict:
 
 
 @pytest.fixture
-def workers():
+def workers(own_worker, tmp_path):
     """Workers started by a test, all stopped at teardown; they share one state dir."""
-    state_dir = Path(tempfile.mkdtemp(prefix="worker-orcd-shutdown-"))
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        w = WorkerProcess(args=["--threads", "1", *args], state_dir=state_dir).start()
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        if w.proc is not None and w.proc.poll() is None:
-            w.kill()
+    return functools.partial(own_worker, state_dir=tmp_path)
 
 
 def start_running_and_queued(worker: WorkerProcess, running_body: dict) -> tuple[StreamThread, StreamThread]:

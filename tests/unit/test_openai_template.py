@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+import msgspec
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from worker_orcd.channel.messages import ModelInfo
+from tests.unit import fake_engine
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.gguf import read_value
 from worker_orcd.engine.model import Model
@@ -105,16 +106,10 @@ class StandInWorker:
     accepting = True
 
     def __init__(self, template: str | None) -> None:
-        self.model = ModelInfo(
+        # The fake engine's model under this one's name, with the template and special tokens under test.
+        self.model = msgspec.structs.replace(
+            fake_engine.MODEL,
             name=MODEL,
-            path=str(GGUF),
-            size_bytes=1,
-            quant_kind="Q8_0",
-            tokenizer_kind="bpe",
-            vocab_size=49152,
-            n_ctx_train=2048,
-            backend="cpu",
-            gpu_layers=0,
             chat_template=template,
             bos_token="<|im_start|>",
             eos_token="<|im_end|>",

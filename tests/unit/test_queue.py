@@ -16,6 +16,15 @@ def _jobs(n: int, prefix: str = "q", tenant: str = ""):
     return [make_job(f"{prefix}-{i}", tenant=tenant)[0] for i in range(n)]
 
 
+def blocked_taker(q: JobQueue) -> tuple[threading.Thread, list]:
+    """A thread blocked in q.take(), waiting for work; what it takes lands in the list."""
+    got: list = []
+    taker = threading.Thread(target=lambda: got.append(q.take()), daemon=True)
+    taker.start()
+    wait_until(lambda: q._idle_takers == 1)
+    return taker, got
+
+
 def test_fifo_order():
     q = JobQueue(8)
     jobs = _jobs(5)
@@ -48,10 +57,7 @@ def test_zero_capacity_refuses_when_no_taker_is_idle():
 def test_a_job_for_an_idle_taker_does_not_count_against_capacity():
     q = JobQueue(0)
     a, b = _jobs(2)
-    got = []
-    taker = threading.Thread(target=lambda: got.append(q.take()))
-    taker.start()
-    wait_until(lambda: q._idle_takers == 1)  # the taker is blocked, waiting for work
+    taker, got = blocked_taker(q)
     q.put(a)  # runs at once: accepted even with no room to wait
     taker.join(timeout=5)
     assert got == [a]
@@ -62,16 +68,7 @@ def test_a_job_for_an_idle_taker_does_not_count_against_capacity():
 def test_take_blocks_until_put():
     q = JobQueue(4)
     job = _jobs(1)[0]
-    taking = threading.Event()
-    got = []
-
-    def consumer() -> None:
-        taking.set()
-        got.append(q.take())
-
-    t = threading.Thread(target=consumer)
-    t.start()
-    assert taking.wait(5)
+    t, got = blocked_taker(q)
     assert got == []  # nothing to take yet: the consumer is waiting, not returning None
     q.put(job)
     t.join(5)
@@ -103,16 +100,7 @@ def test_close_hands_back_waiting_jobs_and_wakes_takers():
 
 def test_close_wakes_a_blocked_taker():
     q = JobQueue(1)
-    waiting = threading.Event()
-    got = []
-
-    def consumer() -> None:
-        waiting.set()
-        got.append(q.take())
-
-    t = threading.Thread(target=consumer)
-    t.start()
-    assert waiting.wait(5)
+    t, got = blocked_taker(q)
     q.close()
     t.join(5)
     assert not t.is_alive() and got == [None]
