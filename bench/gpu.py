@@ -50,6 +50,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.harness.report import lookup
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 PROG = "python -m bench.gpu"
 SCHEMA = "worker-orcd-gpu-check/1"
@@ -643,34 +645,26 @@ def _judge(name: str, out: dict[str, Any], gpu: bool, found: Findings) -> None:
 # ---------------------------------------------------------------- report
 
 
-def _get(d: Any, *keys: Any) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def summary_row(m: dict[str, Any]) -> dict[str, Any]:
     """The figures the markdown shows, from one model's block."""
-    s = _get(m, "harness", "scenarios") or {}
-    c = _get(m, "harness", "comparisons") or {}
+    s = lookup(m, "harness", "scenarios") or {}
+    c = lookup(m, "harness", "comparisons") or {}
     bare = next((k for k in (s.get("stream") or {}) if k.startswith("bare@")), None)
     row = {
         "model": m["name"],
-        "backend": _get(m, "health", "backend"),
-        "worker_tok_s": _get(s, "stream", "worker", "tokens_per_s", "p50"),
-        "bare_tok_s": _get(s, "stream", bare, "tokens_per_s", "p50") if bare else None,
-        "worker_over_bare": _get(c, "stream", "worker_over_best_bare_paired"),
-        "ttft_p50": _get(s, "ttft", "worker", "ttft_ms", "p50"),
-        "ttft_bare_p50": _get(c, "ttft", "best_bare_ms"),
-        "long_tokens": _get(m, "long_prompt", "tokens"),
+        "backend": lookup(m, "health", "backend"),
+        "worker_tok_s": lookup(s, "stream", "worker", "tokens_per_s", "p50"),
+        "bare_tok_s": lookup(s, "stream", bare, "tokens_per_s", "p50") if bare else None,
+        "worker_over_bare": lookup(c, "stream", "worker_over_best_bare_paired"),
+        "ttft_p50": lookup(s, "ttft", "worker", "ttft_ms", "p50"),
+        "ttft_bare_p50": lookup(c, "ttft", "best_bare_ms"),
+        "long_tokens": lookup(m, "long_prompt", "tokens"),
     }
     for key, short in (("cancel_decode", "dec"), ("cancel_prompt", "pro")):
-        w = _get(s, key, "worker") or {}
+        w = lookup(s, key, "worker") or {}
         row[f"{short}_n"] = w.get("cancels")
-        row[f"{short}_client"] = (_get(w, "client_ms", "p50"), _get(w, "client_ms", "p99"))
-        row[f"{short}_stop"] = (_get(w, "stop_ms", "p50"), _get(w, "stop_ms", "p99"))
+        row[f"{short}_client"] = (lookup(w, "client_ms", "p50"), lookup(w, "client_ms", "p99"))
+        row[f"{short}_stop"] = (lookup(w, "stop_ms", "p50"), lookup(w, "stop_ms", "p99"))
         row[f"{short}_hit"] = w.get("hit")
     for key in ("vram_decode", "vram_prompt", "forced_cancel"):
         b = m.get(key) or {}
@@ -683,10 +677,10 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
                 if b.get("back_at_idle_before_event") is not None
                 else None
             ),
-            "idle": _get(runs[0], "idle") if runs else None,
-            "during": _get(runs[0], "during") if runs else None,
-            "at_event": _get(runs[0], "at_event") if runs else None,
-            "client_p50": _get(b, "client_ms", "p50"),
+            "idle": lookup(runs[0], "idle") if runs else None,
+            "during": lookup(runs[0], "during") if runs else None,
+            "at_event": lookup(runs[0], "at_event") if runs else None,
+            "client_p50": lookup(b, "client_ms", "p50"),
             "forced": b.get("forced"),
         }
     return row
