@@ -26,6 +26,7 @@ from bench.harness.peer_client import PeerClient
 from bench.harness.settings import BenchSettings, WorkerSettings, running, worker_settings
 from bench.harness.sides import bare_side, client_side
 from bench.harness.worker_client import WorkerClient
+from testkit.processes import scratch_dir
 from worker_orcd.config import default_model_path
 from worker_orcd.engine.cpu_features import cpu_model
 
@@ -65,7 +66,7 @@ def model() -> Path:
 
 @pytest.fixture(scope="session")
 def scratch():
-    path = processes.scratch_dir()
+    path = scratch_dir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

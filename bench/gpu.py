@@ -50,6 +50,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.harness.report import lookup
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 PROG = "python -m bench.gpu"
 SCHEMA = "worker-orcd-gpu-check/1"
@@ -62,7 +64,7 @@ SYNTHETIC = ("tiny", "1B", "8B")
 FALLBACK_PREFILL_CHUNK = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """Samples per model and each part's budget in seconds, for one mode."""
 
@@ -78,7 +80,8 @@ class Plan:
     cancel_deadline_ms: int  # the worker's: the forced cancels wait this long
     worker_args: tuple[str, ...]
     tests_s: float
-    make_s: dict[str, float]
+    # Making a synthetic model takes as long in either mode.
+    make_s: dict[str, float] = field(default_factory=lambda: {"tiny": 60, "1B": 120, "8B": 240})
     start_s: float
     harness_s: float
     vram_s: float
@@ -99,7 +102,6 @@ GPU_PLAN = Plan(
     cancel_deadline_ms=1000,
     worker_args=(),
     tests_s=120,
-    make_s={"tiny": 60, "1B": 120, "8B": 240},
     start_s=120,
     harness_s=150,
     vram_s=45,
@@ -120,7 +122,6 @@ SMOKE_PLAN = Plan(
     cancel_deadline_ms=500,
     worker_args=("--threads", "1"),
     tests_s=60,
-    make_s={"tiny": 60, "1B": 120, "8B": 240},
     start_s=60,
     harness_s=120,
     vram_s=30,
@@ -643,34 +644,26 @@ def _judge(name: str, out: dict[str, Any], gpu: bool, found: Findings) -> None:
 # ---------------------------------------------------------------- report
 
 
-def _get(d: Any, *keys: Any) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def summary_row(m: dict[str, Any]) -> dict[str, Any]:
     """The figures the markdown shows, from one model's block."""
-    s = _get(m, "harness", "scenarios") or {}
-    c = _get(m, "harness", "comparisons") or {}
+    s = lookup(m, "harness", "scenarios") or {}
+    c = lookup(m, "harness", "comparisons") or {}
     bare = next((k for k in (s.get("stream") or {}) if k.startswith("bare@")), None)
     row = {
         "model": m["name"],
-        "backend": _get(m, "health", "backend"),
-        "worker_tok_s": _get(s, "stream", "worker", "tokens_per_s", "p50"),
-        "bare_tok_s": _get(s, "stream", bare, "tokens_per_s", "p50") if bare else None,
-        "worker_over_bare": _get(c, "stream", "worker_over_best_bare_paired"),
-        "ttft_p50": _get(s, "ttft", "worker", "ttft_ms", "p50"),
-        "ttft_bare_p50": _get(c, "ttft", "best_bare_ms"),
-        "long_tokens": _get(m, "long_prompt", "tokens"),
+        "backend": lookup(m, "health", "backend"),
+        "worker_tok_s": lookup(s, "stream", "worker", "tokens_per_s", "p50"),
+        "bare_tok_s": lookup(s, "stream", bare, "tokens_per_s", "p50") if bare else None,
+        "worker_over_bare": lookup(c, "stream", "worker_over_best_bare_paired"),
+        "ttft_p50": lookup(s, "ttft", "worker", "ttft_ms", "p50"),
+        "ttft_bare_p50": lookup(c, "ttft", "best_bare_ms"),
+        "long_tokens": lookup(m, "long_prompt", "tokens"),
     }
     for key, short in (("cancel_decode", "dec"), ("cancel_prompt", "pro")):
-        w = _get(s, key, "worker") or {}
+        w = lookup(s, key, "worker") or {}
         row[f"{short}_n"] = w.get("cancels")
-        row[f"{short}_client"] = (_get(w, "client_ms", "p50"), _get(w, "client_ms", "p99"))
-        row[f"{short}_stop"] = (_get(w, "stop_ms", "p50"), _get(w, "stop_ms", "p99"))
+        row[f"{short}_client"] = (lookup(w, "client_ms", "p50"), lookup(w, "client_ms", "p99"))
+        row[f"{short}_stop"] = (lookup(w, "stop_ms", "p50"), lookup(w, "stop_ms", "p99"))
         row[f"{short}_hit"] = w.get("hit")
     for key in ("vram_decode", "vram_prompt", "forced_cancel"):
         b = m.get(key) or {}
@@ -683,10 +676,10 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
                 if b.get("back_at_idle_before_event") is not None
                 else None
             ),
-            "idle": _get(runs[0], "idle") if runs else None,
-            "during": _get(runs[0], "during") if runs else None,
-            "at_event": _get(runs[0], "at_event") if runs else None,
-            "client_p50": _get(b, "client_ms", "p50"),
+            "idle": lookup(runs[0], "idle") if runs else None,
+            "during": lookup(runs[0], "during") if runs else None,
+            "at_event": lookup(runs[0], "at_event") if runs else None,
+            "client_p50": lookup(b, "client_ms", "p50"),
             "forced": b.get("forced"),
         }
     return row

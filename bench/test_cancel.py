@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from bench.conftest import DEFAULTS, settle
 from bench.harness import prompts
 from bench.harness.stats import summary
@@ -33,47 +35,75 @@ def _record(benchmark, runs) -> None:
     benchmark.extra_info["hit"] = sorted({r.hit for r in runs})
 
 
-def test_cancel_during_decode(benchmark, worker):
-    benchmark.group = "3 cancel during decode"
+# Where the cancel lands (scenarios 3 and 4): the group, the job's prompt and max_tokens, how
+# far it is taken before the cancel (untimed), the rounds, the first prompt number.
+CANCEL_POINTS = {
+    "decode": ("3 cancel during decode", prompts.story, 512, lambda w, job: w.read_tokens(job, AFTER), CANCELS, 2000),
+    "prompt": ("4 cancel during a long prompt", prompts.long_prompt, 16, lambda w, job: w.wait_until(job, DELAY_S), PROMPT_CANCELS, 6000),
+}
+
+
+@pytest.mark.parametrize(("group", "prompt", "max_tokens", "reach", "rounds", "first"), CANCEL_POINTS.values(), ids=CANCEL_POINTS)
+def test_cancel_during(benchmark, worker, group, prompt, max_tokens, reach, rounds, first):
+    benchmark.group = group
     runs = []
-    numbers = itertools.count(2000)
+    numbers = itertools.count(first)
 
     def setup():
         settle()
-        job = worker.open_job(prompts.story(next(numbers)), max_tokens=512)
-        worker.read_tokens(job, AFTER)
+        job = worker.open_job(prompt(next(numbers)), max_tokens=max_tokens)
+        reach(worker, job)
         return (job,), {}
 
     def cancel(job):
         runs.append(worker.cancel_and_finish(job))
 
-    benchmark.pedantic(cancel, setup=setup, rounds=CANCELS, iterations=1)
+    benchmark.pedantic(cancel, setup=setup, rounds=rounds, iterations=1)
     _record(benchmark, runs)
 
 
-def test_cancel_during_prompt(benchmark, worker):
-    benchmark.group = "4 cancel during a long prompt"
-    runs = []
-    numbers = itertools.count(6000)
+def _idle(side, n: int) -> None:
+    settle()
 
-    def setup():
+
+def _idle_peer(peer, n: int) -> None:
+    peer.forget_prompt()  # its prompt cache would spare it work the worker does
+    settle()
+
+
+def _after(cut_short):
+    """The idle pause, then a job cut short: `cut_short(side, prompt number)`."""
+
+    def before(side, n: int) -> None:
         settle()
-        job = worker.open_job(prompts.long_prompt(next(numbers)), max_tokens=16)
-        worker.wait_until(job, DELAY_S)
-        return (job,), {}
+        cut_short(side, n)
 
-    def cancel(job):
-        runs.append(worker.cancel_and_finish(job))
-
-    benchmark.pedantic(cancel, setup=setup, rounds=PROMPT_CANCELS, iterations=1)
-    _record(benchmark, runs)
+    return before
 
 
-def _first_token_after(benchmark, side, before, rounds, numbers):
+# The next job's first token (scenario 5), idle or right after a job cut short: the worker's
+# is cancelled, the peer's disconnected. Each case: the side, what comes before each timed
+# request (given the side and a prompt number), the rounds, the first prompt numbers of the
+# jobs cut short and of the timed ones.
+NEXT_JOB = {
+    "worker-idle": ("worker", _idle, CANCELS, 0, 3000),
+    "worker-after-decode-cancel": ("worker", _after(lambda w, n: w.cancel_after_tokens(prompts.story(n), AFTER, max_tokens=512)), CANCELS, 2500, 3500),
+    "worker-after-prompt-cancel": ("worker", _after(lambda w, n: w.cancel_after_delay(prompts.long_prompt(n), DELAY_S, max_tokens=16)), PROMPT_CANCELS, 6500, 7500),
+    "peer-idle": ("peer", _idle_peer, PEER_CANCELS, 0, 5000),
+    "peer-after-decode-disconnect": ("peer", _after(lambda p, n: p.abandon_after_tokens(prompts.story(n), AFTER, max_tokens=512)), PEER_CANCELS, 4000, 4500),
+    "peer-after-prompt-disconnect": ("peer", _after(lambda p, n: p.abandon_after_delay(prompts.long_prompt(n), DELAY_S, max_tokens=16)), PEER_PROMPT_CANCELS, 8000, 8500),
+}
+
+
+@pytest.mark.parametrize(("side_name", "before", "rounds", "cut_first", "timed_first"), NEXT_JOB.values(), ids=NEXT_JOB)
+def test_next_first_token(benchmark, request, side_name, before, rounds, cut_first, timed_first):
+    benchmark.group = f"5 next job's first token ({side_name})"
+    side = request.getfixturevalue(side_name)
+    cut_numbers, numbers = itertools.count(cut_first), itertools.count(timed_first)
     runs = []
 
     def setup():
-        before()
+        before(side, next(cut_numbers))
         return (), {}
 
     def once():
@@ -81,62 +111,3 @@ def _first_token_after(benchmark, side, before, rounds, numbers):
 
     benchmark.pedantic(once, setup=setup, rounds=rounds, iterations=1)
     benchmark.extra_info["ttft_ms"] = summary(r.ttft_ms for r in runs)
-
-
-def test_worker_first_token_idle(benchmark, worker):
-    benchmark.group = "5 next job's first token (worker)"
-    _first_token_after(benchmark, worker, settle, CANCELS, itertools.count(3000))
-
-
-def test_worker_first_token_after_decode_cancel(benchmark, worker):
-    benchmark.group = "5 next job's first token (worker)"
-    numbers = itertools.count(2500)
-
-    def cancel():
-        settle()
-        worker.cancel_after_tokens(prompts.story(next(numbers)), AFTER, max_tokens=512)
-
-    _first_token_after(benchmark, worker, cancel, CANCELS, itertools.count(3500))
-
-
-def test_worker_first_token_after_prompt_cancel(benchmark, worker):
-    benchmark.group = "5 next job's first token (worker)"
-    numbers = itertools.count(6500)
-
-    def cancel():
-        settle()
-        worker.cancel_after_delay(prompts.long_prompt(next(numbers)), DELAY_S, max_tokens=16)
-
-    _first_token_after(benchmark, worker, cancel, PROMPT_CANCELS, itertools.count(7500))
-
-
-def test_peer_first_token_idle(benchmark, peer):
-    benchmark.group = "5 next job's first token (peer)"
-
-    def forget_and_settle():
-        peer.forget_prompt()  # its prompt cache would spare it work the worker does
-        settle()
-
-    _first_token_after(benchmark, peer, forget_and_settle, PEER_CANCELS, itertools.count(5000))
-
-
-def test_peer_first_token_after_decode_disconnect(benchmark, peer):
-    benchmark.group = "5 next job's first token (peer)"
-    numbers = itertools.count(4000)
-
-    def disconnect():
-        settle()
-        peer.abandon_after_tokens(prompts.story(next(numbers)), AFTER, max_tokens=512)
-
-    _first_token_after(benchmark, peer, disconnect, PEER_CANCELS, itertools.count(4500))
-
-
-def test_peer_first_token_after_prompt_disconnect(benchmark, peer):
-    benchmark.group = "5 next job's first token (peer)"
-    numbers = itertools.count(8000)
-
-    def disconnect():
-        settle()
-        peer.abandon_after_delay(prompts.long_prompt(next(numbers)), DELAY_S, max_tokens=16)
-
-    _first_token_after(benchmark, peer, disconnect, PEER_PROMPT_CANCELS, itertools.count(8500))

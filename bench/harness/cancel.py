@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from bench.harness.peer_client import PeerClient
@@ -27,36 +28,38 @@ from bench.harness.worker_client import WorkerClient
 Prompt = Callable[[int], str]
 
 
-def worker_cancels(
-    client: WorkerClient,
-    *,
-    count: int,
-    cancel: Callable[[int], Any],
-    probe_prompt: Prompt,
-    settle_s: float,
-    label: str,
-    guard: QuietGuard | None = None,
-    progress: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """`count` rounds of: idle first token, one cancelled job, the next job's first token."""
+@dataclass(frozen=True)
+class Rounds:
+    """A run of cancel rounds, the worker's or the peer's. Round i: an idle first token on probe
+    prompt 2i, the cancelled job, then the next job's first token on probe prompt 2i + 1."""
+
+    count: int
+    probe_prompt: Prompt
+    settle_s: float
+    label: str  # names the run in progress lines
+    guard: QuietGuard | None = None
+    progress: Callable[[str], None] = lambda _: None
+
+
+def worker_cancels(client: WorkerClient, rounds: Rounds, cancel: Callable[[int], Any]) -> dict[str, Any]:
+    """`rounds.count` rounds of: idle first token, one cancelled job, the next job's first token."""
     runs = []
     idle: list[float] = []
     after: list[float] = []
+    count = rounds.count
 
     def one_round(i: int):
-        time.sleep(settle_s)
-        idle_ms = _ttft(client.first_token(probe_prompt(2 * i)))
-        time.sleep(settle_s)
+        idle_ms = _idle_ttft(client, rounds, i)
         run = cancel(i)
-        return idle_ms, run, _ttft(client.first_token(probe_prompt(2 * i + 1)))
+        return idle_ms, run, _ttft(client.first_token(rounds.probe_prompt(2 * i + 1)))
 
     for i in range(count):
-        idle_ms, run, after_ms = take(guard, lambda: one_round(i))
+        idle_ms, run, after_ms = take(rounds.guard, lambda: one_round(i))
         idle.append(idle_ms)
         runs.append(run)
         after.append(after_ms)
         if (i + 1) % 10 == 0:
-            progress(f"{label}: {i + 1}/{count} cancels")
+            rounds.progress(f"{rounds.label}: {i + 1}/{count} cancels")
     return {
         "cancels": count,
         "hit": dict(Counter(r.hit for r in runs)),
@@ -71,35 +74,33 @@ def worker_cancels(
     }
 
 
-def peer_disconnects(
-    peer: PeerClient,
-    *,
-    count: int,
-    disconnect: Callable[[int, str], Any],
-    probe_prompt: Prompt,
-    settle_s: float,
-    label: str,
-    guard: QuietGuard | None = None,
-    progress: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
+def peer_disconnects(peer: PeerClient, rounds: Rounds, disconnect: Callable[[int, str], Any]) -> dict[str, Any]:
+    """The same rounds, each cancel a disconnect that also times the next job (given its prompt)."""
     idle: list[float] = []
     after: list[float] = []
+    count = rounds.count
 
     def one_round(i: int):
         peer.forget_prompt()
-        time.sleep(settle_s)
-        idle_ms = _ttft(peer.first_token(probe_prompt(2 * i)))
-        time.sleep(settle_s)
-        return idle_ms, disconnect(i, probe_prompt(2 * i + 1))
+        idle_ms = _idle_ttft(peer, rounds, i)
+        return idle_ms, disconnect(i, rounds.probe_prompt(2 * i + 1))
 
     for i in range(count):
-        idle_ms, run = take(guard, lambda: one_round(i))
+        idle_ms, run = take(rounds.guard, lambda: one_round(i))
         idle.append(idle_ms)
         if run.next_ttft_ms is None:
             raise RuntimeError("the peer gave no token after a disconnect")
         after.append(run.next_ttft_ms)
-        progress(f"{label}: {i + 1}/{count} disconnects")
+        rounds.progress(f"{rounds.label}: {i + 1}/{count} disconnects")
     return {"disconnects": count, "free_after_cancel": _free(idle, after)}
+
+
+def _idle_ttft(side: WorkerClient | PeerClient, rounds: Rounds, i: int) -> float:
+    """Round i's idle first token, with the pause before it and the one before the cancel."""
+    time.sleep(rounds.settle_s)
+    idle_ms = _ttft(side.first_token(rounds.probe_prompt(2 * i)))
+    time.sleep(rounds.settle_s)
+    return idle_ms
 
 
 def _ttft(run) -> float:

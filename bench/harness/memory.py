@@ -16,6 +16,16 @@ from testkit.rss import descendants, rss_bytes
 from worker_orcd.gpu.nvml import NvmlProbe
 
 
+def resident_bytes(pid: int | None) -> int | None:
+    """The resident memory of `pid` and its descendants; None without a pid or once it is gone."""
+    if pid is None:
+        return None
+    try:
+        return rss_bytes(pid)
+    except OSError:
+        return None
+
+
 class MemoryProbe:
     def __init__(self, pid: int | None, gpu_device: int | None, *, pci_bus_id: str | None = None) -> None:
         self.pid = pid
@@ -24,12 +34,7 @@ class MemoryProbe:
             self.nvml = NvmlProbe(pci_bus_id=pci_bus_id) if pci_bus_id else NvmlProbe(gpu_device)
 
     def sample(self) -> dict[str, int | None]:
-        rss = None
-        if self.pid is not None:
-            try:
-                rss = rss_bytes(self.pid)
-            except OSError:
-                rss = None
+        rss = resident_bytes(self.pid)
         vram = None
         if self.nvml is not None and self.nvml.available and self.pid is not None:
             for pid in (self.pid, *descendants(self.pid)):  # the engine holds the model

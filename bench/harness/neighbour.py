@@ -70,14 +70,16 @@ def beside_neighbours(rig: Rig, progress: Callable[[str], None]) -> dict[str, An
                 story = prompts.story
                 block["cancel_decode"] = cancel.worker_cancels(
                     client,
-                    count=s.neighbour_cancels,
-                    cancel=lambda i: client.cancel_after_tokens(
+                    cancel.Rounds(
+                        count=s.neighbour_cancels,
+                        probe_prompt=lambda i: story(PROMPT_NUMBERS + 600 + i),
+                        settle_s=s.settle_s,
+                        label="cancel during decode beside 1 busy",
+                        progress=progress,
+                    ),
+                    lambda i: client.cancel_after_tokens(
                         story(PROMPT_NUMBERS + 500 + i), s.cancel_after, MAX_TOKENS_CANCELLED
                     ),
-                    probe_prompt=lambda i: story(PROMPT_NUMBERS + 600 + i),
-                    settle_s=s.settle_s,
-                    label="cancel during decode beside 1 busy",
-                    progress=progress,
                 )
             block["worker_threads"] = (client.health().get("threads") or {}).get("decode")
         out["counts"][str(count)] = block

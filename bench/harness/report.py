@@ -35,7 +35,9 @@ def _load1(load: list[float] | None) -> str:
     return "—" if not load else f"{load[0]:.2f}"
 
 
-def _get(d: Any, *keys: str) -> Any:
+def lookup(d: Any, *keys: Any) -> Any:
+    """The value at `keys` in nested dicts; None where a level is missing or not a dict
+    (a part that did not run leaves its block out)."""
     for k in keys:
         if not isinstance(d, dict):
             return None
@@ -60,15 +62,15 @@ def render(report: dict[str, Any]) -> str:
         names = list((s.get("stream") or s.get("ttft")).keys())
         rows = []
         if "stream" in s:
-            rows.append(["1 streaming tokens/s p50", *[_get(s["stream"], n, "tokens_per_s", "p50") for n in names]])
-            rows.append(["  ms/token p50", *[_get(s["stream"], n, "ms_per_token", "p50") for n in names]])
-            rows.append(["  tokens per run (min)", *[_get(s["stream"], n, "tokens_min") for n in names]])
-            rows.append(["  server main-thread CPU µs/token", *[_get(s["stream"], n, "cpu_us_per_token", "event_loop_us") for n in names]])
-            rows.append(["  server process CPU µs/token", *[_get(s["stream"], n, "cpu_us_per_token", "worker_process_us") for n in names]])
-            rows.append(["  client CPU µs/token", *[_get(s["stream"], n, "cpu_us_per_token", "client_us") for n in names]])
+            rows.append(["1 streaming tokens/s p50", *[lookup(s["stream"], n, "tokens_per_s", "p50") for n in names]])
+            rows.append(["  ms/token p50", *[lookup(s["stream"], n, "ms_per_token", "p50") for n in names]])
+            rows.append(["  tokens per run (min)", *[lookup(s["stream"], n, "tokens_min") for n in names]])
+            rows.append(["  server main-thread CPU µs/token", *[lookup(s["stream"], n, "cpu_us_per_token", "event_loop_us") for n in names]])
+            rows.append(["  server process CPU µs/token", *[lookup(s["stream"], n, "cpu_us_per_token", "worker_process_us") for n in names]])
+            rows.append(["  client CPU µs/token", *[lookup(s["stream"], n, "cpu_us_per_token", "client_us") for n in names]])
         if "ttft" in s:
-            rows.append(["2 idle TTFT ms p50", *[_get(s["ttft"], n, "ttft_ms", "p50") for n in names]])
-            rows.append(["  idle TTFT ms p95", *[_get(s["ttft"], n, "ttft_ms", "p95") for n in names]])
+            rows.append(["2 idle TTFT ms p50", *[lookup(s["ttft"], n, "ttft_ms", "p50") for n in names]])
+            rows.append(["  idle TTFT ms p95", *[lookup(s["ttft"], n, "ttft_ms", "p95") for n in names]])
         parts += ["", table(["figure", *names], rows)]
         ratios = []
         if "stream" in c:
@@ -90,25 +92,25 @@ def render(report: dict[str, Any]) -> str:
         for label, key in (("client-observed ms", "client_ms"), ("POST /cancel → 202 ms", "ack_ms"),
                            ("stop_ms", "stop_ms"), ("cancel_ms", "cancel_ms")):
             for p in ("p50", "p95", "p99"):
-                rows.append([f"{label} {p}", *[_get(w[k], key, p) for k in cancel_cols]])
-        rows.append(["tokens after cancel p50", *[_get(w[k], "tokens_after_cancel", "p50") for k in cancel_cols]])
-        rows.append(["tokens after cancel max", *[_get(w[k], "tokens_after_cancel", "max") for k in cancel_cols]])
+                rows.append([f"{label} {p}", *[lookup(w[k], key, p) for k in cancel_cols]])
+        rows.append(["tokens after cancel p50", *[lookup(w[k], "tokens_after_cancel", "p50") for k in cancel_cols]])
+        rows.append(["tokens after cancel max", *[lookup(w[k], "tokens_after_cancel", "max") for k in cancel_cols]])
         rows.append(["cancels (hit)", *[f"{w[k]['cancels']} {w[k]['hit']}" for k in cancel_cols]])
         rows.append(["5 free after cancel: worker extra TTFT ms p50",
-                     *[_get(w[k], "free_after_cancel", "extra_ms", "p50") for k in cancel_cols]])
+                     *[lookup(w[k], "free_after_cancel", "extra_ms", "p50") for k in cancel_cols]])
         rows.append(["  peer extra TTFT ms p50 (after a disconnect)",
-                     *[_get(s[k], "peer", "free_after_cancel", "extra_ms", "p50") for k in cancel_cols]])
+                     *[lookup(s[k], "peer", "free_after_cancel", "extra_ms", "p50") for k in cancel_cols]])
         headers = ["cancel (3, 4)", *[{"cancel_decode": "during decode", "cancel_prompt": "during prompt"}[k] for k in cancel_cols]]
         parts += ["", table(headers, rows)]
     if "overhead" in s:
         o = s["overhead"]
         parts += ["", table(["6 cancel-check overhead", "checked", "unchecked", "overhead %"], [
-            ["whole runs: loop ms/token p50", _get(o, "ms_per_token", "checked", "p50"),
-             _get(o, "ms_per_token", "unchecked", "p50"), o.get("runs_overhead_pct")],
-            ["whole runs: llama_decode ms/token p50", _get(o, "engine_ms_per_token", "checked", "p50"),
-             _get(o, "engine_ms_per_token", "unchecked", "p50"), o.get("runs_engine_overhead_pct")],
-            ["whole runs: paired % min / max", _get(o, "runs_overhead_pct_spread", "min"),
-             _get(o, "runs_overhead_pct_spread", "max"), f"n={_get(o, 'runs_overhead_pct_spread', 'n')}"],
+            ["whole runs: loop ms/token p50", lookup(o, "ms_per_token", "checked", "p50"),
+             lookup(o, "ms_per_token", "unchecked", "p50"), o.get("runs_overhead_pct")],
+            ["whole runs: llama_decode ms/token p50", lookup(o, "engine_ms_per_token", "checked", "p50"),
+             lookup(o, "engine_ms_per_token", "unchecked", "p50"), o.get("runs_engine_overhead_pct")],
+            ["whole runs: paired % min / max", lookup(o, "runs_overhead_pct_spread", "min"),
+             lookup(o, "runs_overhead_pct_spread", "max"), f"n={lookup(o, 'runs_overhead_pct_spread', 'n')}"],
             [f"callback, decode by decode ({o.get('callback_pairs')} pairs)", None, None, o.get("callback_overhead_pct")],
             ["flag check per token", None, None, o.get("flag_check_pct")],
             ["held to the target: callback + flag check", None, None, o.get("overhead_pct")],
@@ -126,19 +128,19 @@ def render(report: dict[str, Any]) -> str:
     if "neighbours" in s:
         nb = s["neighbours"]
         counts = list(nb["counts"])
-        rows = [[f"{side} tokens/s p50", *[_get(nb["counts"][n], side, "tokens_per_s", "p50") for n in counts]]
+        rows = [[f"{side} tokens/s p50", *[lookup(nb["counts"][n], side, "tokens_per_s", "p50") for n in counts]]
                 for side in ("worker", "peer")]
-        rows.append(["worker ÷ its idle speed", None, *[_get(nb, "comparisons", n, "worker_over_its_idle") for n in counts[1:]]])
-        rows.append(["peer ÷ its idle speed", None, *[_get(nb, "comparisons", n, "peer_over_its_idle") for n in counts[1:]]])
-        rows.append(["worker ÷ peer", None, *[_get(nb, "comparisons", n, "worker_over_peer") for n in counts[1:]]])
-        rows.append(["worker decode threads in use", *[_get(nb["counts"][n], "worker_threads", "current") for n in counts]])
-        rows.append(["cancel during decode, client ms p99", *[_get(nb["counts"][n], "cancel_decode", "client_ms", "p99") for n in counts]])
+        rows.append(["worker ÷ its idle speed", None, *[lookup(nb, "comparisons", n, "worker_over_its_idle") for n in counts[1:]]])
+        rows.append(["peer ÷ its idle speed", None, *[lookup(nb, "comparisons", n, "peer_over_its_idle") for n in counts[1:]]])
+        rows.append(["worker ÷ peer", None, *[lookup(nb, "comparisons", n, "worker_over_peer") for n in counts[1:]]])
+        rows.append(["worker decode threads in use", *[lookup(nb["counts"][n], "worker_threads", "current") for n in counts]])
+        rows.append(["cancel during decode, client ms p99", *[lookup(nb["counts"][n], "cancel_decode", "client_ms", "p99") for n in counts]])
         parts += ["", table(["8 beside busy processes", *[f"{n} busy" for n in counts]], rows)]
     conditions = report.get("conditions") or {}
     if conditions:
         parts += ["", table(["conditions", "seconds", "load before → after", "retaken", "kept disturbed", "max foreign cores"], [
             [name, v["seconds"], f"{_load1(v['load_before'])} → {_load1(v['load_after'])}",
-             _get(v, "quiet", "retaken"), _get(v, "quiet", "kept_disturbed"), _get(v, "quiet", "foreign_cores_max")]
+             lookup(v, "quiet", "retaken"), lookup(v, "quiet", "kept_disturbed"), lookup(v, "quiet", "foreign_cores_max")]
             for name, v in conditions.items()
         ])]
     parts += ["", table(["target", "value", "limit", "met"], [

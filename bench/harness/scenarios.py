@@ -40,66 +40,81 @@ def ttft(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, An
 
 def cancel_decode(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
     s, client, peer, story = rig.settings, rig.client, rig.peer, prompts.story
-    out: dict[str, Any] = {
+    return {
         "after_tokens": s.cancel_after,
-        "worker": cancel.worker_cancels(
-            client,
+        **_cancels(
+            rig,
+            guard,
+            progress,
+            "decode",
             count=s.cancels,
-            cancel=lambda i: client.cancel_after_tokens(story(DECODE_CANCEL + i), s.cancel_after, MAX_TOKENS_CANCELLED),
-            probe_prompt=lambda i: story(DECODE_PROBE + i),
-            settle_s=s.settle_s,
-            label="cancel during decode",
-            guard=guard,
-            progress=progress,
-        ),
-    }
-    if peer is not None:
-        out["peer"] = cancel.peer_disconnects(
-            peer,
-            count=s.peer_cancels,
-            disconnect=lambda i, nxt: peer.disconnect_after_tokens(
+            probe=DECODE_PROBE,
+            cancel_one=lambda i: client.cancel_after_tokens(
+                story(DECODE_CANCEL + i), s.cancel_after, MAX_TOKENS_CANCELLED
+            ),
+            peer_count=s.peer_cancels,
+            peer_probe=PEER_DECODE_PROBE,
+            disconnect_one=lambda i, nxt: peer.disconnect_after_tokens(
                 story(PEER_DECODE + i), s.cancel_after, MAX_TOKENS_CANCELLED, nxt
             ),
-            probe_prompt=lambda i: story(PEER_DECODE_PROBE + i),
-            settle_s=s.settle_s,
-            label="peer disconnect during decode",
-            guard=guard,
-            progress=progress,
-        )
-    return out
+        ),
+    }
 
 
 def cancel_prompt(rig: Rig, guard: QuietGuard | None, progress: Progress) -> dict[str, Any]:
-    s, client, peer, story = rig.settings, rig.client, rig.peer, prompts.story
+    s, client, peer = rig.settings, rig.client, rig.peer
     delay = s.prompt_cancel_delay_s
 
     def long(n: int) -> str:
         return prompts.long_prompt(n, s.long_prompt_repeat)
 
-    out: dict[str, Any] = {
+    return {
         "delay_ms": delay * 1000.0,
-        "worker": cancel.worker_cancels(
-            client,
+        **_cancels(
+            rig,
+            guard,
+            progress,
+            "prompt",
             count=s.prompt_cancels,
-            cancel=lambda i: client.cancel_after_delay(long(PROMPT_CANCEL + i), delay, MAX_TOKENS_LONG),
-            probe_prompt=lambda i: story(PROMPT_PROBE + i),
-            settle_s=s.settle_s,
-            label="cancel during prompt",
-            guard=guard,
-            progress=progress,
+            probe=PROMPT_PROBE,
+            cancel_one=lambda i: client.cancel_after_delay(long(PROMPT_CANCEL + i), delay, MAX_TOKENS_LONG),
+            peer_count=s.peer_prompt_cancels,
+            peer_probe=PEER_PROMPT_PROBE,
+            disconnect_one=lambda i, nxt: peer.disconnect_after_delay(long(PEER_PROMPT + i), delay, MAX_TOKENS_LONG, nxt),
         ),
     }
-    if peer is not None:
-        out["peer"] = cancel.peer_disconnects(
-            peer,
-            count=s.peer_prompt_cancels,
-            disconnect=lambda i, nxt: peer.disconnect_after_delay(long(PEER_PROMPT + i), delay, MAX_TOKENS_LONG, nxt),
-            probe_prompt=lambda i: story(PEER_PROMPT_PROBE + i),
-            settle_s=s.settle_s,
-            label="peer disconnect during prompt",
+
+
+def _cancels(
+    rig: Rig,
+    guard: QuietGuard | None,
+    progress: Progress,
+    during: str,
+    *,
+    count: int,
+    probe: int,
+    cancel_one: Callable[[int], Any],
+    peer_count: int,
+    peer_probe: int,
+    disconnect_one: Callable[[int, str], Any],
+) -> dict[str, Any]:
+    """The worker's cancels during `during` and, with a peer, the peer's disconnects; `probe`
+    and `peer_probe`: where the prompt numbers of their first-token probes start."""
+
+    def rounds(n: int, first: int, label: str) -> cancel.Rounds:
+        return cancel.Rounds(
+            count=n,
+            probe_prompt=lambda i: prompts.story(first + i),
+            settle_s=rig.settings.settle_s,
+            label=label,
             guard=guard,
             progress=progress,
         )
+
+    out = {"worker": cancel.worker_cancels(rig.client, rounds(count, probe, f"cancel during {during}"), cancel_one)}
+    if rig.peer is not None:
+        peer_rounds = rounds(peer_count, peer_probe, f"peer disconnect during {during}")
+        out["peer"] = cancel.peer_disconnects(rig.peer, peer_rounds, disconnect_one)
     return out
 
 

@@ -24,9 +24,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bench.harness.memory import resident_bytes
 from bench.harness.stats import summary
 from bench.harness.worker_client import TERMINAL, OpenJob, WorkerClient
-from testkit.rss import rss_bytes
 from worker_orcd.gpu.nvml import NvmlProbe
 
 MIB = 1 << 20
@@ -69,13 +69,7 @@ class VramReader:
             s = self.nvml.sample(engine_pid)
             if s is not None:
                 process, device = s.process_bytes, s.device_used_bytes
-        rss = None
-        if self.worker_pid is not None:
-            try:
-                rss = rss_bytes(self.worker_pid)
-            except OSError:
-                rss = None
-        return Reading(process, device, rss)
+        return Reading(process, device, resident_bytes(self.worker_pid))
 
     def steady(
         self, engine_pid: int | None, *, timeout_s: float = 3.0, interval_s: float = 0.02
@@ -118,6 +112,23 @@ def engine_pid(client: WorkerClient, *, not_pid: int | None = None, timeout_s: f
         if time.monotonic() > deadline:
             raise RuntimeError(f"the engine did not become ready: {engine}")
         time.sleep(0.02)
+
+
+def _up_to_cancel(
+    client: WorkerClient, reader: VramReader, prompt: str, max_tokens: int, reach: Callable[[OpenJob], None]
+) -> tuple[int, Reading, bool, OpenJob, Reading]:
+    """One round up to its cancel: the engine's pid, its steady idle reading, the job opened and
+    taken by `reach` to where the cancel lands, and the reading there. A failure closes the job."""
+    pid = engine_pid(client)
+    idle, steady = reader.steady(pid)
+    job = client.open_job(prompt, max_tokens)
+    try:
+        reach(job)
+        during = reader.read(pid)
+    except BaseException:
+        job.close()
+        raise
+    return pid, idle, steady, job, during
 
 
 def _cancel_and_read(client: WorkerClient, job: OpenJob, reader: VramReader, pid: int | None) -> dict[str, Any]:
@@ -199,22 +210,18 @@ def cancels(
     """`count` cancels, each with its idle, during and at-event readings. `phase`: "decode"
     (cancel after `after_tokens` tokens) or "prompt" (cancel `delay_s` after sending).
     `deadline` (time.monotonic()): no new cancel starts after it."""
+
+    def reach(job: OpenJob) -> None:
+        if phase == "decode":
+            client.read_tokens(job, after_tokens)
+        else:
+            client.wait_until(job, delay_s)
+
     runs: list[dict[str, Any]] = []
     for i in range(count):
         if deadline is not None and time.monotonic() > deadline:
             break
-        pid = engine_pid(client)
-        idle, steady = reader.steady(pid)
-        job = client.open_job(prompt(i), max_tokens)
-        try:
-            if phase == "decode":
-                client.read_tokens(job, after_tokens)
-            else:
-                client.wait_until(job, delay_s)
-            during = reader.read(pid)
-        except BaseException:
-            job.close()
-            raise
+        pid, idle, steady, job, during = _up_to_cancel(client, reader, prompt(i), max_tokens, reach)
         runs.append(_record(idle, steady, during, _cancel_and_read(client, job, reader, pid), tolerance))
     progress(f"VRAM around cancels during {phase}: {len(runs)}/{count}")
     return _summarise(runs, count, tolerance)
@@ -237,15 +244,9 @@ def forced(
     for i in range(rounds):
         if deadline is not None and time.monotonic() > deadline:
             break
-        pid = engine_pid(client)
-        idle, steady = reader.steady(pid)
-        job = client.open_job(prompt(i), max_tokens=1500)
-        try:
-            client.read_tokens(job, 3)
-            during = reader.read(pid)
-        except BaseException:
-            job.close()
-            raise
+        pid, idle, steady, job, during = _up_to_cancel(
+            client, reader, prompt(i), 1500, lambda job: client.read_tokens(job, 3)
+        )
         out = _cancel_and_read(client, job, reader, pid)
         at_event: Reading = out["at_event"]
         killed_holds = at_event.process_bytes  # None: the pid is no longer on the device
