@@ -93,7 +93,11 @@ class Worker:
 
     def active_jobs(self) -> list[Job]:
         """The jobs the engine runs now, by slot (a copy: it changes under you)."""
-        return self.engine.active_jobs()
+        return [job for _, job in self.slot_jobs()]
+
+    def slot_jobs(self) -> list[tuple[int, Job]]:
+        """Each busy slot and its job, by slot (a copy)."""
+        return self.engine.slot_jobs()
 
     async def tokenize_on_loop(
         self, prompt: str, stops: tuple[str, ...], on_thread: Callable[..., Any]
@@ -169,7 +173,8 @@ class Worker:
         included: `worker_orcd.http.health` trims it for the caller."""
         info = self.engine.model
         ready = self.engine.info
-        running = self.active_jobs()
+        slots = self.slot_jobs()
+        running = [job for _, job in slots]
         engine = self.engine.health()
         vram = self.vram.latest  # one sample: the figure and its scope agree
         record = {
@@ -195,13 +200,14 @@ class Worker:
             "active_jobs": [job.job_id for job in running],
             "parallel": self.config.parallel,
             "slots_busy": len(running),
+            "slots": [_slot_view(slot, job) for slot, job in slots],
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
             "engine": engine,
             "busy": bool(running),
             "ready": self.ready,
         }
-        return Health.model_validate(record)
+        return Health.model_validate(record).owned({job.job_id: job.tenant for job in running})
 
     def _gpu(self, device: dict[str, Any] | None) -> dict[str, Any] | None:
         """The engine's GPU as ggml names it, and how NVML found it (or why not)."""
@@ -271,3 +277,7 @@ class ShutdownOnce:
             self._worker.drain(self._worker.config.shutdown_grace_sec)
         finally:
             self._then()
+
+
+def _slot_view(slot: int, job: Job) -> dict[str, Any]:
+    return {"slot": slot, "job_id": job.job_id, "phase": job.phase.value, "tokens_out": job.tokens_out}

@@ -30,6 +30,7 @@ HEALTH_FIELDS = {
     "active_jobs",
     "parallel",
     "slots_busy",
+    "slots",
     "queue_depth",
     "busy",
     "engine",

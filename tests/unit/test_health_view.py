@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from testkit.jobs import make_job
-from worker_orcd.api.health import Health
+from worker_orcd.api.health import Health, Slot
 from worker_orcd.http import health as view
 from worker_orcd.jobs.queue import JobQueue
 
@@ -23,11 +23,12 @@ def fake_worker(active=None, capacity: int = 2, status: str = "healthy", also=()
             queue_depth=len(queue),
             active_jobs=[job.job_id for job in running],
             slots_busy=len(running),
+            slots=[Slot(slot=i, job_id=job.job_id, phase="decode", tokens_out=i) for i, job in enumerate(running)],
             busy=active is not None,
             ready=status == "healthy" and queue.has_room(),
-        )
+        ).owned({job.job_id: job.tenant for job in running})
 
-    return SimpleNamespace(health=health, active_jobs=lambda: running, manager=SimpleNamespace(queue=queue))
+    return SimpleNamespace(health=health, manager=SimpleNamespace(queue=queue))
 
 
 def health_for(worker, tenant, operator) -> dict:
@@ -75,5 +76,6 @@ def test_with_slots_a_tenant_sees_only_its_own_running_jobs():
     seen = health_for(worker, "alice", False)
     assert seen["active_jobs"] == ["alice-1", "alice-2"] and seen["active_job"] == "alice-1"
     assert seen["slots_busy"] == 3 and "bob-1" not in repr(seen)
+    assert [s["job_id"] for s in seen["slots"]] == ["alice-1", None, "alice-2"]
     assert health_for(worker, "bob", False)["active_jobs"] == ["bob-1"]
     assert health_for(worker, "ops", True)["active_jobs"] == ["alice-1", "bob-1", "alice-2"]

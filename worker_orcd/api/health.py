@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from worker_orcd.api.fields import JobId
 
@@ -103,7 +103,29 @@ class Threads(_Record):
 Status = Literal["healthy", "unhealthy"]
 
 
+class Slot(_Record):
+    """A busy slot: the job it runs, as far as the caller may see it (WO-SLOT-1)."""
+
+    slot: NonNegative
+    job_id: JobId | None = Field(description="Null for another tenant's job (WO-AUTH-6).")
+    phase: Literal["prompt", "decode", "queued", "finished"] = Field(
+        description="`prompt` while its prompt is evaluated, `decode` once its tokens come."
+    )
+    tokens_out: NonNegative
+
+
 class Health(_Record):
+    # Who owns each running job, for trimming the record to a caller; never shown.
+    _owners: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def owned(self, owners: dict[str, str]) -> Health:
+        """The record, knowing the tenant of each running job (by job id)."""
+        self._owners = owners
+        return self
+
+    def owner_of(self, job_id: str | None) -> str | None:
+        return self._owners.get(job_id) if job_id is not None else None
+
     status: Status
     model: str
     resident: bool
@@ -143,6 +165,7 @@ class Health(_Record):
     )
     parallel: Positive = Field(description="The worker's `--parallel`: how many jobs the engine runs at once.")
     slots_busy: NonNegative = Field(description="How many slots hold a running job, whoever's (WO-SLOT-1).")
+    slots: list[Slot] = Field(description="The busy slots, by slot (WO-SLOT-1).")
     queue_depth: NonNegative
     cpu_extra_buffers: CpuExtraBuffers
     engine: EngineState

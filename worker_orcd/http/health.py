@@ -14,17 +14,14 @@ from worker_orcd.worker import Worker
 
 
 def health_for(worker: Worker, tenant: str | None, operator: bool) -> Health | HealthSummary:
-    # Read once: the ids shown and the owners checked must be the same jobs'.
-    running = worker.active_jobs()
     health = worker.health()
     if tenant is None:
         return HealthSummary(status=health.status, ready=health.ready)
-    shown = [job.job_id for job in running if operator or job.tenant == tenant]
-    return health.model_copy(
-        update={
-            "active_job": shown[0] if shown else None,
-            "active_jobs": shown,
-            "busy": bool(running),
-            "slots_busy": len(running),
-        }
-    )
+
+    # The record's own reading of the slots: the ids shown and the owners checked are the same jobs'.
+    def mine(job_id: str | None) -> bool:
+        return job_id is not None and (operator or health.owner_of(job_id) == tenant)
+
+    shown = [job_id for job_id in health.active_jobs if mine(job_id)]
+    slots = [s if mine(s.job_id) else s.model_copy(update={"job_id": None}) for s in health.slots]
+    return health.model_copy(update={"active_job": shown[0] if shown else None, "active_jobs": shown, "slots": slots})

@@ -89,8 +89,12 @@ class Dispatcher:
 
     def active_jobs(self) -> list[Job]:
         """The running jobs, by slot."""
+        return [job for _, job in self.slot_jobs()]
+
+    def slot_jobs(self) -> list[tuple[int, Job]]:
+        """Each busy slot and its job, by slot."""
         with self.cond:
-            return [self.running[slot] for slot in sorted(self.running)]
+            return sorted(self.running.items())
 
     def start(self) -> None:
         for thread in self._threads:

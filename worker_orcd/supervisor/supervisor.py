@@ -153,6 +153,9 @@ class EngineSupervisor:
     def active_jobs(self) -> list[Job]:
         return self.dispatcher.active_jobs()
 
+    def slot_jobs(self) -> list[tuple[int, Job]]:
+        return self.dispatcher.slot_jobs()
+
     @property
     def engine_pid(self) -> int | None:
         engine = self.lifecycle.engine
