@@ -54,6 +54,15 @@ class WorkerConfig:
     )
     worker_id: str = setting("--worker-id", "", part="both")  # "": default_worker_id
     n_ctx: int = setting("--n-ctx", 4096, positive, "context tokens per job", part="both")
+    parallel: int = setting(
+        "--parallel",
+        1,
+        positive,
+        "jobs the engine runs at once, batched into one decode per step, each with --n-ctx tokens "
+        "of one shared context (default 1: one job at a time, a context of its own)",
+        metavar="N",
+        part="both",
+    )
     max_queue: int = setting("--max-queue", 16, non_negative, "jobs that may wait")
     inference_timeout_sec: float = setting("--inference-timeout-sec", 300.0, positive_float)
     cancel_deadline_ms: int = setting(
