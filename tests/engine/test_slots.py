@@ -197,6 +197,10 @@ def test_four_runs_at_once_all_finish(harness):
         assert facts.stop_reason == "max_tokens" and facts.tokens_out == 24, facts
         alone[i] = h.channel.text(n)
     together = [h.submit(ask, max_tokens=24) for ask in ASKS]
+    h.channel.wait(lambda: all(h.channel.tokens.get(n) for n in together))
+    health = h.loop.health()  # every prompt is in the cache, no run near its end
+    prompts = sum(len(h.model.tokenize(CHAT.format(ask))) for ask in ASKS)
+    assert health["busy"] == 4 and health["free"] == 0 and health["kv_cells"] >= prompts, health
     dones = h.channel.wait_done(together)
     for n in together:
         facts = dones[n].facts

@@ -284,14 +284,23 @@ class BatchLoop:
             job.seq_row = ctypes.addressof(self._seq_rows[seq])
             job.seq_ptr = self._seq_rows[seq][0]
             job.fail = self.faults.decode_for(run.job_id, _decodes)
-            self._faulty += job.fail is not _decodes
             job.fault_at, job.fault = self.faults.token_fault(run.job_id, self.channel)
             try:
                 job.sampler = new_sampler(run.sampling, self.model.n_vocab)
-            except Exception:
+            except Exception as exc:  # nothing is in its cells yet: the slot is free again
                 self._free.appendleft(seq)
-                raise
+                log_event("job_internal_error", job_id=run.job_id, error=repr(exc))
+                self._send_done(run, RunFacts(error_code=ErrorCode.INTERNAL, error_message=f"inference failed: {exc}"))
+                continue
+            self._faulty += job.fail is not _decodes
             self._active.append(job)
+        if waiting and not self._free and not self._active:  # every slot's cells were left: none will free
+            while waiting:
+                run = waiting.popleft()
+                self.channel.send(Started(run.number))
+                self._send_done(
+                    run, RunFacts(error_code=ErrorCode.INTERNAL, error_message="no slot of the engine is usable")
+                )
 
     def _refused(self, run: Run) -> RunFacts | None:
         """Why a run cannot take a slot, or None if it can."""
