@@ -114,7 +114,15 @@ def board() -> CancelBoard:
 
 class Harness:
     def __init__(
-        self, model: Model, board: CancelBoard, *, parallel: int, chunk: int, faults: FaultPlan | None, start: bool
+        self,
+        model: Model,
+        board: CancelBoard,
+        *,
+        parallel: int,
+        chunk: int,
+        faults: FaultPlan | None,
+        start: bool,
+        threads: Threads | None = None,
     ):
         self.model = model
         self.board = board
@@ -125,7 +133,7 @@ class Harness:
             ContextSettings(N_CTX, 0, 1),
             parallel=parallel,
             prefill_chunk=chunk,
-            threads=Threads.choose(1, fixed=True),
+            threads=threads or Threads.choose(1, fixed=True),
             faults=faults,
         )
         self.channel.loop = self.loop
@@ -173,10 +181,15 @@ def harness(model, board) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(
-        *, parallel: int = PARALLEL, chunk: int = 64, faults: FaultPlan | None = None, start: bool = True
+        *,
+        parallel: int = PARALLEL,
+        chunk: int = 64,
+        faults: FaultPlan | None = None,
+        start: bool = True,
+        threads: Threads | None = None,
     ) -> Harness:
         """`start=False`: the test starts the loop, once what it submits is waiting (one first step)."""
-        made.append(Harness(model, board, parallel=parallel, chunk=chunk, faults=faults, start=start))
+        made.append(Harness(model, board, parallel=parallel, chunk=chunk, faults=faults, start=start, threads=threads))
         return made[-1]
 
     yield make
@@ -342,6 +355,29 @@ def test_a_run_that_cannot_fit_its_share_ends_with_an_error(harness):
     assert facts.error_code == ErrorCode.INTERNAL and "do not fit" in facts.error_message, facts
     assert [type(m) for m in h.channel.of(too_long)] == [Started, Done]
     assert dones[ok].facts.stop_reason == "max_tokens"
+
+
+def test_the_thread_counts_learn_from_steps_like_the_one_job_paths(harness):
+    """A lone token's step is a sample for `n_threads`, a step mostly of a prompt chunk one for
+    `n_threads_batch`; a step of a few runs' tokens is neither."""
+    threads = Threads.choose(2, fixed=False)
+    seen: dict[str, list[float]] = {"decode": [], "batch": []}
+    for name in seen:
+        governor = getattr(threads, name)
+        observe = governor.observe
+        governor.observe = lambda seconds, *args, _o=observe, _n=name: seen[_n].append(seconds) or _o(seconds, *args)
+    h = harness(chunk=64, threads=threads, start=False)
+    alone = h.submit(ASKS[0], max_tokens=8)  # a prompt of one chunk, then 7 one-token steps
+    h.loop.start()
+    h.channel.wait_done([alone])
+    assert (len(seen["decode"]), len(seen["batch"])) == (7, 1), seen
+    seen["decode"].clear()
+    seen["batch"].clear()
+    h = harness(chunk=64, threads=threads, start=False)
+    pair = [h.submit(ask, max_tokens=8, length=30) for ask in ASKS[:2]]  # both prompts in one step
+    h.loop.start()
+    h.channel.wait_done(pair)
+    assert (len(seen["decode"]), len(seen["batch"])) == (0, 1), seen  # then 7 steps of two tokens
 
 
 def test_the_all_raised_callback():

@@ -36,7 +36,9 @@ def test_the_engine_process_serves_jobs_with_slots(tmp_path):
         assert job.state is JobState.COMPLETED, job.outcome
         assert "".join(e.data["t"] for e in sink.events if e.name == "token") == SHORT_ANSWER
 
-        cancelled = Job(job_id="cancelled", prompt_tokens=prompt, sampling=GREEDY, model="smollm2", sink=RecordingSink())
+        cancelled = Job(
+            job_id="cancelled", prompt_tokens=prompt, sampling=GREEDY, model="smollm2", sink=RecordingSink()
+        )
         manager.submit(cancelled)
         manager.cancel_job(cancelled, CancelReason.CLIENT)
         assert cancelled.wait(timeout=60)

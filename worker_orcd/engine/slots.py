@@ -46,7 +46,7 @@ from worker_orcd.engine.loop import DECODE_ABORTED, Run
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
-from worker_orcd.engine.threads import Threads
+from worker_orcd.engine.threads import BATCH_TRIAL_MIN_CHUNKS, Threads
 from worker_orcd.errors import ErrorCode
 from worker_orcd.log import log_event
 
@@ -154,7 +154,8 @@ class BatchLoop:
         self.ctx = new_context(model, shared, n_seq=parallel)
         self.make_ms = round((time.perf_counter() - t0) * 1000.0, 3)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        llama_cpp.llama_set_n_threads(self.ctx, threads.decode.current, threads.batch.current)
+        self._n_threads = (threads.decode.current, threads.batch.current)
+        llama_cpp.llama_set_n_threads(self.ctx, *self._n_threads)
         self._words = native.BatchWords(parallel)
         self._abort_callback = llama_cpp.ggml_abort_callback(native.abort_all_callback_address())
         llama_cpp.llama_set_abort_callback(self.ctx, self._abort_callback, self._words.address)
@@ -345,7 +346,9 @@ class BatchLoop:
                 n += 1
                 in_batch.append(job)
                 words.append(job.run.flag_address)
+        decoding = n
         budget = max(self.prefill_chunk - n, 1)
+        prompt_left = 0
         for job in active:
             if budget == 0:
                 break
@@ -358,6 +361,7 @@ class BatchLoop:
             ctypes.memmove(ctypes.addressof(seq_id) + n * _PTR, job.seq_row, k * _PTR)
             ctypes.memset(ctypes.addressof(logits) + n, 0, k)
             job.done = job.n_past = at + k
+            prompt_left += job.n_prompt - job.done
             n += k
             budget -= k
             if job.prompting:
@@ -374,6 +378,7 @@ class BatchLoop:
         if self._faulty:  # tests only: a run's injected failure fails its step
             for job in in_batch:
                 rc = rc or job.fail(self.ctx, self._batch)
+        began = time.perf_counter()
         if rc == 0:
             rc = llama_cpp.llama_decode(self.ctx, self._batch)
         self._words.set([])
@@ -384,7 +389,26 @@ class BatchLoop:
             for job in in_batch:
                 if job.t1 == 0.0 and not job.prompting:
                     job.t1 = now
+            self._observe(now - began, n, n - decoding, prompt_left)
         self._count_cells()
+
+    def _observe(self, seconds: float, n: int, prompt: int, prompt_left: int) -> None:
+        """A step's time for the thread counts: llama.cpp computes a one-token step with
+        `n_threads` and any other with `n_threads_batch`. Only steps like those each governor
+        knows from the one-job path are samples: a lone token, or mostly a prompt chunk (per
+        token); a few decoding runs' tokens alone cost per token what neither does."""
+        threads = self.threads
+        if n == 1:
+            changed = threads.decode.observe(seconds) != self._n_threads[0]
+        elif 2 * prompt >= n:
+            # A prompt with few chunks left is a job's first token: no trial of fewer threads on it.
+            try_fewer = prompt_left >= BATCH_TRIAL_MIN_CHUNKS * self.prefill_chunk
+            changed = threads.batch.observe(seconds / n, try_fewer) != self._n_threads[1]
+        else:
+            return
+        if changed:
+            self._n_threads = (threads.decode.current, threads.batch.current)
+            llama_cpp.llama_set_n_threads(self.ctx, *self._n_threads)
 
     def _count_cells(self) -> None:
         pos_max = llama_cpp.llama_memory_seq_pos_max
