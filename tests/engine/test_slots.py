@@ -357,6 +357,19 @@ def test_a_run_that_cannot_fit_its_share_ends_with_an_error(harness):
     assert dones[ok].facts.stop_reason == "max_tokens"
 
 
+def test_a_prompt_with_a_token_the_model_lacks_fails_alone(harness):
+    h = harness(start=False)
+    ok = [h.submit(ask, max_tokens=8) for ask in ASKS[:3]]
+    h.numbers += 1
+    bad = h.numbers
+    sampling = Sampling(max_tokens=8, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, seed=0)
+    h.loop.submit(Run(bad, "bad", [1, h.model.n_vocab, 2], sampling, h.board.address(bad)))
+    h.loop.start()
+    dones = h.channel.wait_done([*ok, bad])
+    assert dones[bad].facts.error_code == ErrorCode.INTERNAL, dones[bad].facts
+    assert all(dones[n].facts.stop_reason == "max_tokens" for n in ok), dones
+
+
 def test_the_thread_counts_learn_from_steps_like_the_one_job_paths(harness):
     """A lone token's step is a sample for `n_threads`, a step mostly of a prompt chunk one for
     `n_threads_batch`; a step of a few runs' tokens is neither."""

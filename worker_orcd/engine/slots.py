@@ -281,13 +281,8 @@ class BatchLoop:
                 self._send_done(run, refused)
                 continue
             seq = self._free.popleft()
-            job = _Job(run, seq)
-            job.seq_row = ctypes.addressof(self._seq_rows[seq])
-            job.seq_ptr = self._seq_rows[seq][0]
-            job.fail = self.faults.decode_for(run.job_id, _decodes)
-            job.fault_at, job.fault = self.faults.token_fault(run.job_id, self.channel)
             try:
-                job.sampler = new_sampler(run.sampling, self.model.n_vocab)
+                job = self._job(run, seq)
             except Exception as exc:  # nothing is in its cells yet: the slot is free again
                 self._free.appendleft(seq)
                 log_event("job_internal_error", job_id=run.job_id, error=repr(exc))
@@ -303,6 +298,15 @@ class BatchLoop:
                     run, RunFacts(error_code=ErrorCode.INTERNAL, error_message="no slot of the engine is usable")
                 )
 
+    def _job(self, run: Run, seq: int) -> _Job:
+        job = _Job(run, seq)
+        job.seq_row = ctypes.addressof(self._seq_rows[seq])
+        job.seq_ptr = self._seq_rows[seq][0]
+        job.fail = self.faults.decode_for(run.job_id, _decodes)
+        job.fault_at, job.fault = self.faults.token_fault(run.job_id, self.channel)
+        job.sampler = new_sampler(run.sampling, self.model.n_vocab)
+        return job
+
     def _refused(self, run: Run) -> RunFacts | None:
         """Why a run cannot take a slot, or None if it can."""
         if self.faults.context_fails(run.job_id):
@@ -310,6 +314,11 @@ class BatchLoop:
         n = len(run.prompt_tokens)
         if n == 0:
             return RunFacts(error_code=ErrorCode.INTERNAL, error_message="the prompt has no tokens")
+        # A token llama.cpp would refuse fails the whole batch's decode, not this run alone.
+        if min(run.prompt_tokens) < 0 or max(run.prompt_tokens) >= self.model.n_vocab:
+            return RunFacts(
+                error_code=ErrorCode.INTERNAL, error_message="the prompt holds a token the model does not have"
+            )
         if n + run.sampling.max_tokens > self.n_ctx:
             return RunFacts(
                 error_code=ErrorCode.INTERNAL,
