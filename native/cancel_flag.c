@@ -49,6 +49,28 @@ bool orcd_abort_callback(void *data) {
     return flag != NULL && atomic_load_explicit(&flag->raised, memory_order_relaxed) != 0;
 }
 
+/* The words of every run in one batched decode (engine.slots): one graph computes
+ * them all, so it may stop only once each of its runs is cancelled. The engine
+ * fills it before each decode; each word is its own run's, nothing else decides. */
+typedef struct {
+    int count;
+    atomic_int **words;
+} orcd_batch_words;
+
+/* ggml_abort_callback for a batch: true only if every word is raised (none: false). */
+bool orcd_abort_all_callback(void *data) {
+    const orcd_batch_words *batch = (const orcd_batch_words *)data;
+    if (batch == NULL || batch->count <= 0) {
+        return false;
+    }
+    for (int i = 0; i < batch->count; i++) {
+        if (atomic_load_explicit(batch->words[i], memory_order_relaxed) == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Tests only (fault `hang=`): an engine stuck in C that never reads its flag,
  * as a wedged kernel or driver call would be. Only killing the process ends it. */
 void orcd_hang_in_c(void) {

@@ -59,8 +59,9 @@ class WorkerConfig:
         "--parallel",
         1,
         positive,
-        "jobs the engine runs at once, each in a slot of one batch (continuous batching); 1: one job at a time, "
-        "in a context of its own",
+        "jobs the engine runs at once, batched into one decode per step, each with --n-ctx tokens "
+        "of one shared context (default 1: one job at a time, a context of its own)",
+        metavar="N",
         part="both",
     )
     max_queue: int = setting("--max-queue", 16, non_negative, "jobs that may wait")

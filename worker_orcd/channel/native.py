@@ -34,9 +34,43 @@ def library() -> ctypes.CDLL:
     lib.orcd_cancel_flag_is_raised.restype = ctypes.c_int
     lib.orcd_abort_callback.argtypes = [ctypes.c_void_p]
     lib.orcd_abort_callback.restype = ctypes.c_bool
+    lib.orcd_abort_all_callback.argtypes = [ctypes.c_void_p]
+    lib.orcd_abort_all_callback.restype = ctypes.c_bool
     return lib
 
 
 def abort_callback_address() -> int:
     """Address of `bool orcd_abort_callback(void *flag)`, for llama_set_abort_callback."""
     return ctypes.cast(library().orcd_abort_callback, ctypes.c_void_p).value or 0
+
+
+def abort_all_callback_address() -> int:
+    """Address of `bool orcd_abort_all_callback(void *words)`: aborts only when every word
+    of a BatchWords is raised."""
+    return ctypes.cast(library().orcd_abort_all_callback, ctypes.c_void_p).value or 0
+
+
+class _BatchWordsStruct(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_int), ("words", ctypes.POINTER(ctypes.c_void_p))]
+
+
+class BatchWords:
+    """The cancel words of the runs in one batched decode, as `orcd_abort_all_callback` reads
+    them: filled by the inference thread between decodes, never during one."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._words = (ctypes.c_void_p * capacity)()
+        self._struct = _BatchWordsStruct(0, ctypes.cast(self._words, ctypes.POINTER(ctypes.c_void_p)))
+        self.address = ctypes.addressof(self._struct)  # the callback's data
+
+    def set(self, addresses: list[int]) -> None:
+        if len(addresses) > self.capacity:
+            raise ValueError(f"{len(addresses)} words for a batch of at most {self.capacity}")
+        for i, address in enumerate(addresses):
+            self._words[i] = address
+        self._struct.count = len(addresses)
+
+    @property
+    def count(self) -> int:
+        return self._struct.count

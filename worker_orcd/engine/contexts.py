@@ -51,12 +51,16 @@ class ContextSettings:
     flash_attn: str = "auto"  # auto | on | off
 
 
-def new_context(model: Model, settings: ContextSettings) -> int:
+def new_context(model: Model, settings: ContextSettings, *, n_seq: int = 1) -> int:
+    """A context of `settings.n_ctx` cells; `n_seq` > 1: that many sequences share them in one
+    unified KV cache (engine.slots), each of which may take any free cell."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = settings.n_ctx
     params.n_batch = settings.n_batch
     params.n_ubatch = _ubatch(model, settings.n_batch)
-    params.n_seq_max = 1
+    params.n_seq_max = n_seq
+    if n_seq > 1:
+        params.kv_unified = True
     params.n_threads = settings.n_threads
     params.n_threads_batch = settings.n_threads
     params.offload_kqv = settings.offload_kqv

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker_orcd.engine.faults import FaultPlan
     from worker_orcd.engine.loop import InferenceLoop, Run
     from worker_orcd.engine.model import Model, ModelLoadError
+    from worker_orcd.engine.slots import BatchLoop
     from worker_orcd.engine.threads import Threads
 
     faults = FaultPlan.from_env()
@@ -103,13 +104,30 @@ def main(argv: list[str] | None = None) -> int:
             prefill.warm_up(model, settings)
         log.log_event("prefill_chunk", backend=model.info.backend, **chunk.health())
         settings = dataclasses.replace(settings, n_batch=chunk.tokens)
-        pool = ContextPool(model, settings, spare=config.spare_context)
-        log.log_event("spare_context", **pool.spare.health())
+        threads = Threads.choose(config.threads, fixed=bool(config.n_threads))
+        pool: ContextPool | None = None
+        loop: InferenceLoop | BatchLoop
+        make_ms: float | None
+        if config.parallel > 1:  # one context of N sequences, owned by the loop: no pool, no spare
+            loop = BatchLoop(
+                model,
+                channel,
+                settings,
+                parallel=config.parallel,
+                prefill_chunk=chunk.tokens,
+                threads=threads,
+                faults=faults,
+            )
+            log.log_event("slots", **loop.health())
+            make_ms = loop.make_ms
+        else:
+            pool = ContextPool(model, settings, spare=config.spare_context)
+            log.log_event("spare_context", **pool.spare.health())
+            loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, threads=threads, faults=faults)
+            make_ms = pool.last_make_ms
     except (ModelLoadError, ContextUnavailable, ValueError, RuntimeError) as exc:
         channel.send(EngineFailed(str(exc)))
         return 1
-    threads = Threads.choose(config.threads, fixed=bool(config.n_threads))
-    loop = InferenceLoop(model, pool, channel, prefill_chunk=chunk.tokens, threads=threads, faults=faults)
     loop.start()
     channel.send(
         EngineReady(
@@ -118,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             prefill_chunk=PrefillChunk(**chunk.health()),
             flash_attn=config.flash_attn,
             gpu=model.device.describe() if model.device is not None else None,
-            spare_context=pool.spare.health(),
+            spare_context=pool.spare.health() if pool is not None else None,
             cpu_extra_buffers=extra.health(),
             threads=threads.health(),
-            context_make_ms=pool.last_make_ms,
+            context_make_ms=make_ms,
             nice=config.engine_nice,
         )
     )
@@ -148,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # The run in progress ends first: the model is never freed under a decode.
         if loop.close(timeout=30):
-            pool.close()
+            if pool is not None:
+                pool.close()
             model.close()
         channel.close()
     return 0
