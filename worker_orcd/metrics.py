@@ -37,6 +37,10 @@ class _StateGauges(Collector):
         state = self._read()
         yield GaugeMetricFamily("worker_uptime_seconds", "Seconds since the worker started", state["uptime"])
         yield GaugeMetricFamily("worker_queue_depth", "Jobs waiting to run", state["queue_depth"])
+        yield GaugeMetricFamily("worker_slots", "Jobs the engine runs at once (--parallel)", state["slots"])
+        yield GaugeMetricFamily("worker_slots_busy", "Slots running a job", state["slots_busy"])
+        if state["kv_cells"] is not None:  # only with slots: one job's context is freed whole
+            yield GaugeMetricFamily("worker_kv_cells", "KV cache cells in use after the latest job", state["kv_cells"])
         if state["vram_bytes"] is not None:  # only where NVML sees a GPU
             yield GaugeMetricFamily("worker_vram_bytes", "VRAM this worker holds", state["vram_bytes"])
 

@@ -201,6 +201,8 @@ class Worker:
             "parallel": self.config.parallel,
             "slots_busy": len(running),
             "slots": [_slot_view(slot, job) for slot, job in slots],
+            "kv_cells": self.engine.kv_cells,
+            "batch": _batch_view(ready.slots) if ready and ready.slots else None,
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
             "engine": engine,
@@ -253,6 +255,9 @@ class Worker:
             "uptime": time.monotonic() - self.started,
             "queue_depth": len(self.manager.queue),
             "vram_bytes": self.vram.used_bytes(),
+            "slots": self.config.parallel,
+            "slots_busy": len(self.engine.active_jobs()),
+            "kv_cells": self.engine.kv_cells,
         }
 
 
@@ -281,3 +286,7 @@ class ShutdownOnce:
 
 def _slot_view(slot: int, job: Job) -> dict[str, Any]:
     return {"slot": slot, "job_id": job.job_id, "phase": job.phase.value, "tokens_out": job.tokens_out}
+
+
+def _batch_view(slots: dict[str, Any]) -> dict[str, Any]:
+    return {name: slots[name] for name in ("kv_cells_total", "kv_unified", "step_tokens")}

@@ -31,6 +31,8 @@ HEALTH_FIELDS = {
     "parallel",
     "slots_busy",
     "slots",
+    "kv_cells",
+    "batch",
     "queue_depth",
     "busy",
     "engine",

@@ -34,7 +34,9 @@ def finished_job(job_id: str, metrics: WorkerMetrics, tokens_out: int) -> Job:
 
 
 def new_metrics() -> WorkerMetrics:
-    return WorkerMetrics(lambda: {"uptime": 1.0, "queue_depth": 0, "vram_bytes": None})
+    return WorkerMetrics(
+        lambda: {"uptime": 1.0, "queue_depth": 0, "vram_bytes": None, "slots": 1, "slots_busy": 0, "kv_cells": None}
+    )
 
 
 def test_a_job_is_counted_once():

@@ -114,6 +114,17 @@ class Slot(_Record):
     tokens_out: NonNegative
 
 
+class Batch(_Record):
+    """The one context the slots share, with `--parallel` N > 1 (WO-SLOT-1)."""
+
+    kv_cells_total: Positive = Field(description="N × `--n-ctx`: every slot may use the whole context.")
+    kv_unified: bool = Field(description="One KV cache for every sequence (llama.cpp's `kv_unified`).")
+    step_tokens: Positive = Field(
+        description="The most tokens one step's batch holds: the prefill chunk, sized at start to keep a step "
+        "within `--stop-budget-ms`."
+    )
+
+
 class Health(_Record):
     # Who owns each running job, for trimming the record to a caller; never shown.
     _owners: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -149,7 +160,7 @@ class Health(_Record):
     gpu_device: NonNegative | None
     gpu: GpuDevice | None
     prefill_chunk: PrefillChunk
-    spare_context: SpareContext
+    spare_context: SpareContext | None = Field(description="Null with `--parallel` N > 1: the slots share one context.")
     flash_attn: Mode = Field(description="The worker's `--flash-attn` (WO-GPU-6).")
     threads: Threads | None
     engine_nice: int | None = Field(
@@ -166,6 +177,11 @@ class Health(_Record):
     parallel: Positive = Field(description="The worker's `--parallel`: how many jobs the engine runs at once.")
     slots_busy: NonNegative = Field(description="How many slots hold a running job, whoever's (WO-SLOT-1).")
     slots: list[Slot] = Field(description="The busy slots, by slot (WO-SLOT-1).")
+    kv_cells: NonNegative | None = Field(
+        description="With `--parallel` N > 1: cells of the KV cache in use once the latest job's cells were "
+        "removed (0 when no job runs, WO-SLOT-3); null with one slot, whose job's context is freed whole."
+    )
+    batch: Batch | None = Field(description="The slots' shared context; null with one slot.")
     queue_depth: NonNegative
     cpu_extra_buffers: CpuExtraBuffers
     engine: EngineState

@@ -118,6 +118,7 @@ class EngineReady(_Message, frozen=True, tag="ready"):
     threads: dict[str, Any] | None = None
     context_make_ms: float | None = None
     nice: int = 0
+    slots: dict[str, Any] | None = None  # the batch's context, with --parallel N > 1
 
 
 class EngineFailed(_Message, frozen=True, tag="failed"):
@@ -142,6 +143,7 @@ class Done(_Message, frozen=True, tag="done"):
     run: int
     facts: RunFacts
     threads: dict[str, Any] | None = None  # the engine's thread choice after the run
+    kv_cells: int | None = None  # cells of the batch's KV cache still in use once the run's are gone
 
 
 FrontMessage = Tokenize | RunRequest | Exit

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=threads.health(),
             context_make_ms=make_ms,
             nice=config.engine_nice,
+            slots=loop.health() if isinstance(loop, BatchLoop) else None,
         )
     )
     try:

@@ -520,7 +520,7 @@ class BatchLoop:
             prompt_ms=round(facts.prompt_ms, 3),
             decode_ms=round(facts.decode_ms, 3),
         )
-        self.channel.send(Done(run.number, freed, self.threads.health()))
+        self.channel.send(Done(run.number, freed, self.threads.health(), self._kv_cells))
 
     def _oom_code(self) -> ErrorCode:
         return ErrorCode.VRAM_OOM if self.model.info.backend == "cuda" else ErrorCode.INTERNAL

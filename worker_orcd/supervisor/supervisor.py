@@ -80,6 +80,7 @@ class EngineSupervisor:
         self.queue = queue
         self.board = CancelBoard(config.parallel)  # a word per slot
         self.threads: dict[str, Any] | None = None  # the engine's latest thread choice
+        self.kv_cells: int | None = None  # the batch's cells in use after its latest run (slots only)
         # The loop that reads the engines' channels: the HTTP server's, or one of our own.
         self._own_loop: threading.Thread | None = None
         if loop is None:
@@ -313,8 +314,11 @@ class EngineSupervisor:
                         run.facts = message.facts
                         if message.threads is not None:
                             self.threads = message.threads
+                    if message.kv_cells is not None:
+                        self.kv_cells = message.kv_cells
                 case EngineReady():
                     self.threads = message.threads
+                    self.kv_cells = message.slots["kv_cells"] if message.slots else None
                     self.lifecycle.on_ready(engine, message)
                 case EngineFailed():
                     engine.failed = message.message
