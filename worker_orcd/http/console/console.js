@@ -1,4 +1,5 @@
-// The worker's browser console: one job at a time, streamed over fetch().
+// The worker's browser console: jobs streamed over fetch(), several at once, each
+// on its own card, and the worker's slots read from /health while they run.
 // EventSource cannot POST, so the SSE stream of POST /execute is read from the
 // response body and parsed here. Text from the worker is only ever put in the
 // page as text (textContent), never as HTML.
@@ -7,10 +8,17 @@
 (() => {
   const TOKEN_KEY = "worker-orcd.token";
   const JOBS_SHOWN = 20;
+  const CARDS_KEPT = 8; // past this, the oldest finished card goes
+  const SLOTS_EVERY_MS = 500;
+  // Readings after the page's last job ended while /health still shows one of its
+  // jobs in a slot (the stream's end can come just before the slot is let go).
+  const SLOTS_LINGER = 6;
   const $ = (id) => document.getElementById(id);
 
-  // The job in flight: {jobId, terminal, tokens, sentAt, cancelSent}.
-  let current = null;
+  // The page's jobs whose streams are open: {jobId, card, terminal, tokens, sentAt, cancelSent}.
+  const live = new Set();
+  // Every job id this page made, to tell its jobs in the slots from others'.
+  const made = new Set();
 
   // --- token (sessionStorage: this tab only, gone when it closes) -----------
 
@@ -29,22 +37,23 @@
 
   // --- small helpers ---------------------------------------------------------
 
+  function shown(value) {
+    return value === null || value === undefined || value === "" ? "—" : String(value);
+  }
+
   function setText(id, value) {
-    $(id).textContent = value === null || value === undefined || value === "" ? "—" : String(value);
+    $(id).textContent = shown(value);
   }
 
   function ms(value) {
     return typeof value === "number" ? `${Math.round(value * 10) / 10} ms` : null;
   }
 
-  function setState(state) {
-    const el = $("state");
-    el.textContent = state;
-    el.className = `state state-${state}`;
+  function showError(id, text) {
+    putError($(id), text);
   }
 
-  function showError(id, text) {
-    const el = $(id);
+  function putError(el, text) {
     el.textContent = text || "";
     el.hidden = !text;
   }
@@ -141,29 +150,62 @@
     return json;
   }
 
-  // --- one job ---------------------------------------------------------------
+  // --- a job's card -----------------------------------------------------------
 
-  function resetJobView(jobId) {
-    setText("job-id", jobId);
-    setState("submitting");
-    setText("tokens", 0);
-    setText("ttft", null);
-    setText("ended", null);
-    setText("stop-ms", null);
-    setText("cancel-ms", null);
-    $("note").textContent = "";
-    showError("error", "");
-    $("output").textContent = "";
+  function put(job, cls, value) {
+    job.card.querySelector(`.${cls}`).textContent = shown(value);
   }
 
-  function setRunning(running) {
-    $("stream").disabled = running;
-    $("cancel").disabled = !running;
+  function setState(job, state) {
+    const el = job.card.querySelector(".state");
+    el.textContent = state;
+    el.className = `state state-${state}`;
   }
 
-  function showLatencies(record) {
-    if ("stop_ms" in record) setText("stop-ms", ms(record.stop_ms));
-    if ("cancel_ms" in record) setText("cancel-ms", ms(record.cancel_ms));
+  function cardError(job, text) {
+    putError(job.card.querySelector(".error"), text);
+  }
+
+  function note(job, text) {
+    job.card.querySelector(".note").textContent = text;
+  }
+
+  function newCard(jobId) {
+    const card = $("card-template").content.firstElementChild.cloneNode(true);
+    card.dataset.jobId = jobId;
+    card.setAttribute("aria-label", `job ${jobId}`);
+    const job = { jobId, card, terminal: false, tokens: 0, sentAt: performance.now(), cancelSent: false };
+    put(job, "job-id", jobId);
+    card.querySelector(".job-id").title = jobId;
+    card.querySelector(".cancel").addEventListener("click", () => cancelJob(job));
+    card.querySelector(".dismiss").addEventListener("click", () => card.remove());
+    $("cards").prepend(card);
+    pruneCards();
+    return job;
+  }
+
+  // Running cards always stay; finished ones go oldest first (the newest is on top).
+  function pruneCards() {
+    const cards = Array.from($("cards").children);
+    let excess = cards.length - CARDS_KEPT;
+    for (let i = cards.length - 1; i >= 0 && excess > 0; i--) {
+      if (cards[i].dataset.finished === "1") {
+        cards[i].remove();
+        excess -= 1;
+      }
+    }
+  }
+
+  function finishCard(job) {
+    job.card.dataset.finished = "1";
+    job.card.querySelector(".cancel").disabled = true;
+    job.card.querySelector(".dismiss").disabled = false;
+    pruneCards();
+  }
+
+  function showLatencies(job, record) {
+    if ("stop_ms" in record) put(job, "stop-ms", ms(record.stop_ms));
+    if ("cancel_ms" in record) put(job, "cancel-ms", ms(record.cancel_ms));
   }
 
   function onEvent(job, name, raw) {
@@ -174,41 +216,43 @@
       return;
     }
     if (name === "started") {
-      setState("running");
-      $("note").textContent = `model ${data.model}, ${data.prompt_tokens} prompt tokens, seed ${data.seed}`;
+      setState(job, "running");
+      note(job, `model ${data.model}, ${data.prompt_tokens} prompt tokens, seed ${data.seed}`);
     } else if (name === "token") {
-      if (job.tokens === 0) setText("ttft", ms(performance.now() - job.sentAt));
+      if (job.tokens === 0) put(job, "ttft", ms(performance.now() - job.sentAt));
       job.tokens += 1;
-      $("output").append(data.t);
-      setText("tokens", job.tokens);
+      job.card.querySelector(".output").append(data.t);
+      put(job, "tokens", job.tokens);
     } else if (name === "end") {
       job.terminal = true;
-      setState("completed");
-      setText("tokens", data.tokens_out);
-      setText("ended", data.stop_reason);
+      setState(job, "completed");
+      put(job, "tokens", data.tokens_out);
+      put(job, "ended", data.stop_reason);
     } else if (name === "error") {
       job.terminal = true;
-      setState(data.code === "CANCELLED" ? "cancelled" : "failed");
-      setText("ended", data.forced ? `${data.code} (forced)` : data.code);
-      if (typeof data.tokens_out === "number") setText("tokens", data.tokens_out);
-      showLatencies(data);
-      if (data.code !== "CANCELLED") showError("error", `${data.code}: ${data.message}`);
+      setState(job, data.code === "CANCELLED" ? "cancelled" : "failed");
+      put(job, "ended", data.forced ? `${data.code} (forced)` : data.code);
+      if (typeof data.tokens_out === "number") put(job, "tokens", data.tokens_out);
+      showLatencies(job, data);
+      if (data.code !== "CANCELLED") cardError(job, `${data.code}: ${data.message}`);
     }
   }
 
+  // One press of Stream: one more job, streamed while the others go on.
   async function streamJob() {
     const jobId = newJobId();
     let body;
     try {
       body = requestBody(jobId);
     } catch (err) {
-      showError("error", err.message);
+      showError("request-error", err.message);
       return;
     }
-    const job = { jobId, terminal: false, tokens: 0, sentAt: performance.now(), cancelSent: false };
-    current = job;
-    resetJobView(jobId);
-    setRunning(true);
+    showError("request-error", "");
+    made.add(jobId);
+    const job = newCard(jobId);
+    live.add(job);
+    pollSlots();
     try {
       const response = await fetch("execute", {
         method: "POST",
@@ -217,11 +261,11 @@
       });
       if (!response.ok) {
         if (response.status === 401) showAuth();
-        setState("rejected");
-        showError("error", await errorText(response));
+        setState(job, "rejected");
+        cardError(job, await errorText(response));
         return;
       }
-      if (!job.terminal && $("state").textContent === "submitting") setState("queued");
+      if (!job.terminal && job.card.querySelector(".state").textContent === "submitting") setState(job, "queued");
       const parse = sseParser((name, data) => onEvent(job, name, data));
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       for (;;) {
@@ -229,36 +273,37 @@
         if (done) break;
         parse(value);
       }
-      if (!job.terminal) showError("error", "the stream ended before the job's terminal event");
+      if (!job.terminal) cardError(job, "the stream ended before the job's terminal event");
     } catch (err) {
-      showError("error", `connection to the worker failed: ${err.message}`);
+      cardError(job, `connection to the worker failed: ${err.message}`);
     } finally {
-      current = null;
-      setRunning(false);
+      live.delete(job);
+      finishCard(job);
+      pollSlots(); // one more reading, now that it has ended
     }
-    await loadRecord(jobId);
+    await loadRecord(job);
     await refreshJobs();
   }
 
   // The job's record: its latencies as the worker recorded them.
-  async function loadRecord(jobId) {
+  async function loadRecord(job) {
     try {
-      const response = await fetch(`jobs/${encodeURIComponent(jobId)}`, { headers: withAuth() });
+      const response = await fetch(`jobs/${encodeURIComponent(job.jobId)}`, { headers: withAuth() });
       if (!response.ok) return;
       const record = await response.json();
-      if (record.state) setState(record.state);
-      showLatencies(record);
-      if (record.cancel_reason) $("note").textContent = `cancelled by ${record.cancel_reason}`;
+      if (record.state) setState(job, record.state);
+      showLatencies(job, record);
+      if (record.cancel_reason) note(job, `cancelled by ${record.cancel_reason}`);
     } catch (_) {
       // The stream already showed what it could.
     }
   }
 
-  async function cancelJob() {
-    const job = current;
-    if (!job || job.cancelSent) return;
+  // Cancels this card's job only; the page's other jobs stream on.
+  async function cancelJob(job) {
+    if (job.cancelSent || job.terminal) return;
     job.cancelSent = true;
-    $("cancel").disabled = true;
+    job.card.querySelector(".cancel").disabled = true;
     const sent = performance.now();
     try {
       const response = await fetch("cancel", {
@@ -267,12 +312,77 @@
         body: JSON.stringify({ job_id: job.jobId }),
       });
       if (response.status === 202) {
-        if (!job.terminal) $("note").textContent = `cancel accepted in ${ms(performance.now() - sent)}`;
+        if (!job.terminal) note(job, `cancel accepted in ${ms(performance.now() - sent)}`);
       } else {
-        showError("error", `cancel: ${await errorText(response)}`);
+        cardError(job, `cancel: ${await errorText(response)}`);
       }
     } catch (err) {
-      showError("error", `cancel failed: ${err.message}`);
+      cardError(job, `cancel failed: ${err.message}`);
+    }
+  }
+
+  // --- slots -------------------------------------------------------------------
+
+  let pollTimer = null; // set while the polling loop runs (between readings, or in one)
+  let lingering = 0;
+  let readings = 0; // readings asked for and shown, so a late answer never hides a newer one
+  let readingShown = 0;
+  let heldByPage = false; // the last reading showed a job of this page in a slot
+
+  // Reads /health while a job of this page runs, and stops when none does.
+  function pollSlots() {
+    if (pollTimer !== null) return;
+    const tick = async () => {
+      await refreshSlots();
+      if (live.size) lingering = 0;
+      const again = live.size > 0 || (heldByPage && ++lingering <= SLOTS_LINGER);
+      if (again) {
+        pollTimer = setTimeout(tick, SLOTS_EVERY_MS);
+      } else {
+        pollTimer = null;
+        lingering = 0;
+      }
+    };
+    pollTimer = setTimeout(tick, 0);
+  }
+
+  async function refreshSlots() {
+    const reading = ++readings;
+    let health;
+    try {
+      health = await (await fetch("health", { headers: withAuth() })).json();
+    } catch (_) {
+      return; // the next reading tries again; the worker line says if it is gone
+    }
+    if (reading < readingShown) return;
+    readingShown = reading;
+    renderSlots(health);
+  }
+
+  function renderSlots(health) {
+    setText("slots-parallel", health.parallel);
+    setText("slots-busy", health.slots_busy);
+    setText("slots-kv", typeof health.kv_cells === "number" ? health.kv_cells : null);
+    const slots = Array.isArray(health.slots) ? health.slots : [];
+    heldByPage = slots.some((s) => s.job_id && made.has(s.job_id));
+    const rows = slots.map((s) => {
+      const row = document.createElement("tr");
+      row.dataset.slot = s.slot;
+      if (s.job_id) row.dataset.jobId = s.job_id;
+      cell(row, s.slot, "num");
+      const job = cell(row, s.job_id || "another tenant's job", s.job_id ? "id" : "other");
+      if (s.job_id) job.title = s.job_id;
+      if (s.job_id && made.has(s.job_id)) row.className = "mine";
+      cell(row, s.phase);
+      cell(row, s.tokens_out, "num");
+      return row;
+    });
+    $("slots-body").replaceChildren(...rows);
+    // Each card keeps the slot its job was last seen in.
+    for (const s of slots) {
+      if (!s.job_id) continue;
+      const card = $("cards").querySelector(`.card[data-job-id="${CSS.escape(s.job_id)}"]`);
+      if (card) card.querySelector(".slot").textContent = String(s.slot);
     }
   }
 
@@ -280,7 +390,7 @@
 
   function cell(row, value, className) {
     const td = document.createElement("td");
-    td.textContent = value === null || value === undefined || value === "" ? "—" : String(value);
+    td.textContent = shown(value);
     if (className) td.className = className;
     row.append(td);
     return td;
@@ -332,6 +442,7 @@
   // On a worker with keys, a caller without a valid token learns only
   // {status, ready} from /health: that is how the page knows to ask for one.
   async function loadHealth() {
+    const reading = ++readings;
     try {
       const anonymous = await (await fetch("health")).json();
       if (!("model" in anonymous)) showAuth();
@@ -339,6 +450,10 @@
       const parts = [health.status, health.ready ? "ready" : "not ready"];
       if (health.model) parts.unshift(`${health.model} on ${health.backend}`);
       $("worker-info").textContent = parts.join(" · ");
+      if ("parallel" in health && reading >= readingShown) {
+        readingShown = reading;
+        renderSlots(health);
+      }
     } catch (err) {
       $("worker-info").textContent = `worker unreachable: ${err.message}`;
     }
@@ -365,7 +480,6 @@
       refreshJobs();
     });
     $("stream").addEventListener("click", streamJob);
-    $("cancel").addEventListener("click", cancelJob);
     $("refresh").addEventListener("click", refreshJobs);
     loadHealth();
     refreshJobs();
