@@ -100,13 +100,7 @@ class InferenceLoop:
             except Exception as exc:  # a bug or an engine fault: report it, keep the engine
                 log_event("job_internal_error", job_id=run.job_id, error=repr(exc))
                 facts = RunFacts(error_code=ErrorCode.INTERNAL, error_message=f"inference failed: {exc}")
-            freed = replace(
-                facts,
-                freed_at=time.perf_counter(),
-                prompt_ms=round(facts.prompt_ms, 3),
-                decode_ms=round(facts.decode_ms, 3),
-            )
-            self.channel.send(Done(run.number, freed, self.threads.health()))
+            self.channel.send(done(run, facts, self.threads))
             self.pool.refill()  # after the run: one that ended early still leaves a spare
 
     def _run(self, run: Run) -> RunFacts:
@@ -140,12 +134,7 @@ class InferenceLoop:
         self.channel.send(Started(run.number))
 
     def _stopped(self, run: Run, facts: RunFacts) -> RunFacts:
-        """The loop saw the raised word: say so at once (the front's deadline watches for it)."""
-        at = time.perf_counter()
-        self.channel.send(Stopped(run.number, at))
-        if self.faults.dies_on_cancel(run.job_id):  # tests only: a crash before the context is freed
-            die()
-        return replace(facts, stopped_at=at)
+        return stopped(self.channel, self.faults, run, facts)
 
     def _spare_during_prompt(self, run: Run) -> bool:
         """Whether the next spare context may be made while this run's prompt is evaluated.
@@ -208,7 +197,7 @@ class InferenceLoop:
         sent = 0
         while True:
             if word.value:
-                return self._stopped(run, RunFacts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
+                return self._stopped(run, RunFacts(tokens_out=n_out, prompt_ms=ms(t0, t1)))
             if n_out < min_tokens:
                 ban_eog(ctx)
             token = sample(sampler, ctx, -1)
@@ -237,7 +226,7 @@ class InferenceLoop:
             began = clock()
             rc = decode(ctx, next_batch)
             if rc != 0:
-                return self._decode_failed(run, rc, RunFacts(tokens_out=n_out, prompt_ms=_ms(t0, t1)))
+                return self._decode_failed(run, rc, RunFacts(tokens_out=n_out, prompt_ms=ms(t0, t1)))
             if not (making or pool.making) and observe(clock() - began) != n_token:
                 n_token = per_token.current
                 set_threads(ctx, n_token, n_chunk)
@@ -245,7 +234,7 @@ class InferenceLoop:
             tail = stops.flush()
             if tail:
                 send_token(number, n_out, tail)
-        return RunFacts(stop_reason=reason, tokens_out=n_out, prompt_ms=_ms(t0, t1), decode_ms=_ms(t1, clock()))
+        return RunFacts(stop_reason=reason, tokens_out=n_out, prompt_ms=ms(t0, t1), decode_ms=ms(t1, clock()))
 
     def _decode_failed(self, run: Run, rc: int, facts: RunFacts) -> RunFacts:
         # Only the run's own abort callback makes llama_decode return "aborted",
@@ -253,12 +242,47 @@ class InferenceLoop:
         # an engine failure.
         if rc == DECODE_ABORTED:
             return self._stopped(run, facts)
-        code = ErrorCode.CUDA_ERROR if self.model.info.backend == "cuda" and rc < 0 else ErrorCode.INTERNAL
-        return replace(facts, error_code=code, error_message=f"llama_decode failed with status {rc}")
+        return replace(facts, error_code=decode_error_code(self.model, rc), error_message=decode_error_message(rc))
 
     def _oom_code(self) -> ErrorCode:
-        return ErrorCode.VRAM_OOM if self.model.info.backend == "cuda" else ErrorCode.INTERNAL
+        return oom_code(self.model)
 
 
-def _ms(start: float, end: float) -> float:
+# -- how a run ends, the same in both loops (this one and engine.slots) ---------------------
+
+
+def stopped(channel: Channel, faults: FaultPlan, run: Run, facts: RunFacts) -> RunFacts:
+    """The loop saw the raised word: say so at once (the front's deadline watches for it)."""
+    at = time.perf_counter()
+    channel.send(Stopped(run.number, at))
+    if faults.dies_on_cancel(run.job_id):  # tests only: a crash before the memory is freed
+        die()
+    return replace(facts, stopped_at=at)
+
+
+def done(run: Run, facts: RunFacts, threads: Threads, kv_cells: int | None = None) -> Done:
+    """A run's `done`, once its memory is back: stamped now, its times rounded."""
+    freed = replace(
+        facts,
+        freed_at=time.perf_counter(),
+        prompt_ms=round(facts.prompt_ms, 3),
+        decode_ms=round(facts.decode_ms, 3),
+    )
+    return Done(run.number, freed, threads.health(), kv_cells)
+
+
+def decode_error_code(model: Model, rc: int) -> ErrorCode:
+    """A failed llama_decode (not an abort): on CUDA a negative status is the device's."""
+    return ErrorCode.CUDA_ERROR if model.info.backend == "cuda" and rc < 0 else ErrorCode.INTERNAL
+
+
+def decode_error_message(rc: int) -> str:
+    return f"llama_decode failed with status {rc}"
+
+
+def oom_code(model: Model) -> ErrorCode:
+    return ErrorCode.VRAM_OOM if model.info.backend == "cuda" else ErrorCode.INTERNAL
+
+
+def ms(start: float, end: float) -> float:
     return (end - start) * 1000.0

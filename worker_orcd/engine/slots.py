@@ -39,10 +39,19 @@ from msgspec.structs import replace
 
 from worker_orcd.channel import native
 from worker_orcd.channel.frames import Channel
-from worker_orcd.channel.messages import Done, RunFacts, Started, Stopped, StopReason
+from worker_orcd.channel.messages import RunFacts, Started, StopReason
 from worker_orcd.engine.contexts import ContextSettings, free_context, new_context
-from worker_orcd.engine.faults import Decode, FaultPlan, die
-from worker_orcd.engine.loop import DECODE_ABORTED, Run
+from worker_orcd.engine.faults import Decode, FaultPlan
+from worker_orcd.engine.loop import (
+    DECODE_ABORTED,
+    Run,
+    decode_error_code,
+    decode_error_message,
+    done,
+    ms,
+    oom_code,
+    stopped,
+)
 from worker_orcd.engine.model import Model
 from worker_orcd.engine.sampling import free_sampler, new_sampler
 from worker_orcd.engine.text import StopMatcher, Utf8Assembler
@@ -460,12 +469,12 @@ class BatchLoop:
             for job in in_batch:
                 self._end(job, self._stopped(job.run, self._facts(job, stopped=True)))
             return
-        code = ErrorCode.CUDA_ERROR if self.model.info.backend == "cuda" and rc < 0 else ErrorCode.INTERNAL
+        code = decode_error_code(self.model, rc)
         log_event("batch_decode_failed", status=rc, runs=[j.run.job_id for j in in_batch])
         for job in in_batch:
             self._end(
                 job,
-                replace(self._facts(job), error_code=code, error_message=f"llama_decode failed with status {rc}"),
+                replace(self._facts(job), error_code=code, error_message=decode_error_message(rc)),
             )
 
     # -- ends ------------------------------------------------------------------------------
@@ -474,16 +483,11 @@ class BatchLoop:
         if job.t1 == 0.0:  # still in its prompt
             return RunFacts(tokens_out=job.n_out)
         if stopped:
-            return RunFacts(tokens_out=job.n_out, prompt_ms=_ms(job.t0, job.t1))
-        return RunFacts(tokens_out=job.n_out, prompt_ms=_ms(job.t0, job.t1), decode_ms=_ms(job.t1, time.perf_counter()))
+            return RunFacts(tokens_out=job.n_out, prompt_ms=ms(job.t0, job.t1))
+        return RunFacts(tokens_out=job.n_out, prompt_ms=ms(job.t0, job.t1), decode_ms=ms(job.t1, time.perf_counter()))
 
     def _stopped(self, run: Run, facts: RunFacts) -> RunFacts:
-        """The loop saw the raised word: say so at once (the front's deadline watches for it)."""
-        at = time.perf_counter()
-        self.channel.send(Stopped(run.number, at))
-        if self.faults.dies_on_cancel(run.job_id):  # tests only: a crash before the cells are freed
-            die()
-        return replace(facts, stopped_at=at)
+        return stopped(self.channel, self.faults, run, facts)
 
     def _end(self, job: _Job, facts: RunFacts) -> None:
         """The one release of every run: out of the slots, its cells removed and checked gone,
@@ -514,17 +518,7 @@ class BatchLoop:
             self._send_done(job.run, facts)
 
     def _send_done(self, run: Run, facts: RunFacts) -> None:
-        freed = replace(
-            facts,
-            freed_at=time.perf_counter(),
-            prompt_ms=round(facts.prompt_ms, 3),
-            decode_ms=round(facts.decode_ms, 3),
-        )
-        self.channel.send(Done(run.number, freed, self.threads.health(), self._kv_cells))
+        self.channel.send(done(run, facts, self.threads, self._kv_cells))
 
     def _oom_code(self) -> ErrorCode:
-        return ErrorCode.VRAM_OOM if self.model.info.backend == "cuda" else ErrorCode.INTERNAL
-
-
-def _ms(start: float, end: float) -> float:
-    return (end - start) * 1000.0
+        return oom_code(self.model)

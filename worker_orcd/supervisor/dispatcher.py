@@ -82,11 +82,6 @@ class Dispatcher:
             for slot in range(self.slots)
         ]
 
-    @property
-    def active(self) -> Job | None:
-        """A running job (the one, with one slot)."""
-        return next(iter(self.running.values()), None)
-
     def active_jobs(self) -> list[Job]:
         """The running jobs, by slot."""
         return [job for _, job in self.slot_jobs()]

@@ -147,10 +147,6 @@ class EngineSupervisor:
         """The first engine's `ready`: its model, chunk, extra buffers, …"""
         return self.lifecycle.info
 
-    @property
-    def active(self) -> Job | None:
-        return self.dispatcher.active
-
     def active_jobs(self) -> list[Job]:
         return self.dispatcher.active_jobs()
 
