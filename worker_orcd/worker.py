@@ -91,10 +91,6 @@ class Worker:
         """Whether callers need API keys."""
         return self.config.keyed
 
-    def active_jobs(self) -> list[Job]:
-        """The jobs the engine runs now, by slot (a copy: it changes under you)."""
-        return [job for _, job in self.slot_jobs()]
-
     def slot_jobs(self) -> list[tuple[int, Job]]:
         """Each busy slot and its job, by slot (a copy)."""
         return self.engine.slot_jobs()
@@ -256,7 +252,7 @@ class Worker:
             "queue_depth": len(self.manager.queue),
             "vram_bytes": self.vram.used_bytes(),
             "slots": self.config.parallel,
-            "slots_busy": len(self.engine.active_jobs()),
+            "slots_busy": len(self.slot_jobs()),
             "kv_cells": self.engine.kv_cells,
         }
 

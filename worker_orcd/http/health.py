@@ -2,9 +2,10 @@
 
 /health needs no token, so with keys it must not hand out another tenant's job
 id. Without a valid token: only whether the worker is alive and takes jobs. With
-a tenant's token: the details, with `active_job` and `active_jobs` naming only the
-caller's own running jobs (`busy` and `slots_busy` still say whether and how many run). Operators, and every caller of
-a worker without keys (one tenant), see everything.
+a tenant's token: the details, with `active_job`, `active_jobs` and each slot's
+`job_id` naming only the caller's own running jobs (`busy` and `slots_busy` still
+say whether and how many run). Operators, and every caller of a worker without
+keys (one tenant), see everything.
 """
 
 from __future__ import annotations

@@ -82,10 +82,6 @@ class Dispatcher:
             for slot in range(self.slots)
         ]
 
-    def active_jobs(self) -> list[Job]:
-        """The running jobs, by slot."""
-        return [job for _, job in self.slot_jobs()]
-
     def slot_jobs(self) -> list[tuple[int, Job]]:
         """Each busy slot and its job, by slot."""
         with self.cond:

@@ -147,9 +147,6 @@ class EngineSupervisor:
         """The first engine's `ready`: its model, chunk, extra buffers, …"""
         return self.lifecycle.info
 
-    def active_jobs(self) -> list[Job]:
-        return self.dispatcher.active_jobs()
-
     def slot_jobs(self) -> list[tuple[int, Job]]:
         return self.dispatcher.slot_jobs()
 
