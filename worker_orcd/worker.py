@@ -285,4 +285,4 @@ def _slot_view(slot: int, job: Job) -> dict[str, Any]:
 
 
 def _batch_view(slots: dict[str, Any]) -> dict[str, Any]:
-    return {name: slots[name] for name in ("kv_cells_total", "kv_unified", "step_tokens")}
+    return {name: slots[name] for name in ("kv_cells_total", "kv_unified", "step_tokens", "step_measured_ms")}

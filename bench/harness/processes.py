@@ -38,6 +38,8 @@ class PeerSettings:
     gpu_layers: int  # -1: all, as the worker does on a GPU
     gpu_device: int
     extra_buffers: bool = True  # the worker's extra-CPU-buffers setting
+    # False: a new request waits for the running one (its default stops the running one).
+    interrupt_requests: bool = True
 
 
 def peer_server(settings: PeerSettings, scratch: Path) -> ChildServer:
@@ -53,6 +55,7 @@ def peer_server(settings: PeerSettings, scratch: Path) -> ChildServer:
     # Its default computes logits for every prompt token; the worker computes only the last.
     cmd += ["--logits_all", "false"]
     cmd += ["--n_gpu_layers", str(s.gpu_layers), "--main_gpu", str(s.gpu_device)]
+    cmd += ["--interrupt_requests", str(s.interrupt_requests).lower()]
     # The launcher is in this checkout, which the child finds only if told: the
     # benchmark may have been started from another directory (the checkout on PYTHONPATH).
     path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)

@@ -64,11 +64,18 @@ def test_health_describes_the_slots(http):
     assert h["parallel"] == SLOTS and h["slots_busy"] == 0 and h["slots"] == []
     assert h["spare_context"] is None  # one context, shared by the slots
     batch = h["batch"]
-    assert batch["kv_cells_total"] == SLOTS * h["context_length"] and batch["step_tokens"] >= SLOTS
+    assert batch["kv_cells_total"] == SLOTS * h["context_length"]
+    # WO-SLOT-8: the step is sized by whole decodes against the stop budget, at most a prefill chunk.
+    step, measured, budget = batch["step_tokens"], batch["step_measured_ms"], h["prefill_chunk"]["budget_ms"]
+    assert 1 <= step <= h["prefill_chunk"]["tokens"]
+    assert measured[str(step)] <= budget or step == 1, batch
+    assert all(ms > budget for n, ms in measured.items() if int(n) > step), batch
 
 
 def test_four_streams_run_at_once(http, slotted):
-    streams = [StreamThread(slotted, story(f"slot{i}")).start() for i in range(SLOTS)]
+    # Long enough that the first outlasts the others' prompts, which share steps of
+    # `step_tokens` with its tokens (WO-SLOT-8).
+    streams = [StreamThread(slotted, story(f"slot{i}", 3 * TOKENS)).start() for i in range(SLOTS)]
     for s in streams:
         s.wait_tokens(1, timeout=120)
     # Every one has a token before any has ended: they run side by side, not in turn.
@@ -82,7 +89,7 @@ def test_four_streams_run_at_once(http, slotted):
         assert_well_formed(events)
         end = terminal(events)
         assert end.name == "end" and end.data["stop_reason"] == "max_tokens"
-        assert end.data["tokens_out"] == TOKENS
+        assert end.data["tokens_out"] == 3 * TOKENS
         assert job_of(http, s.job_id)["state"] == "completed"
 
 

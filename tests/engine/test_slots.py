@@ -123,6 +123,7 @@ class Harness:
         faults: FaultPlan | None,
         start: bool,
         threads: Threads | None = None,
+        step_tokens: int | None = None,
     ):
         self.model = model
         self.board = board
@@ -133,6 +134,7 @@ class Harness:
             ContextSettings(N_CTX, 0, 1),
             parallel=parallel,
             prefill_chunk=chunk,
+            step_tokens=step_tokens,
             threads=threads or Threads.choose(1, fixed=True),
             faults=faults,
         )
@@ -187,9 +189,21 @@ def harness(model, board) -> Iterator[Callable[..., Harness]]:
         faults: FaultPlan | None = None,
         start: bool = True,
         threads: Threads | None = None,
+        step_tokens: int | None = None,
     ) -> Harness:
         """`start=False`: the test starts the loop, once what it submits is waiting (one first step)."""
-        made.append(Harness(model, board, parallel=parallel, chunk=chunk, faults=faults, start=start, threads=threads))
+        made.append(
+            Harness(
+                model,
+                board,
+                parallel=parallel,
+                chunk=chunk,
+                faults=faults,
+                start=start,
+                threads=threads,
+                step_tokens=step_tokens,
+            )
+        )
         return made[-1]
 
     yield make
@@ -294,6 +308,7 @@ class DecodeSpy:
     def __init__(self, monkeypatch, at: int, before: Callable[[], None]) -> None:
         self.real = llama_cpp.llama_decode
         self.statuses: list[int] = []
+        self.sizes: list[int] = []  # each call's batch.n_tokens
         self.at = at
         self.before = before
         monkeypatch.setattr(llama_cpp, "llama_decode", self)
@@ -301,9 +316,32 @@ class DecodeSpy:
     def __call__(self, ctx: int, batch: Any) -> int:
         if len(self.statuses) + 1 == self.at:
             self.before()
+        self.sizes.append(batch.n_tokens)
         rc = self.real(ctx, batch)
         self.statuses.append(rc)
         return rc
+
+
+def test_a_step_beside_others_holds_step_tokens_and_a_lone_prompt_whole_chunks(harness, monkeypatch):
+    """WO-SLOT-8: beside a decoding run a step holds `step_tokens` (the prompt gets what the
+    decoding run leaves, and never less than it); a run alone takes whole prefill chunks."""
+    h = harness(parallel=2, chunk=64, step_tokens=4, start=False)
+    spy = DecodeSpy(monkeypatch, 0, lambda: None)
+    short = h.submit(ASKS[1], max_tokens=150)  # decodes through all of the long prompt
+    long = h.submit(LONG_ASK, max_tokens=4)
+    h.loop.start()
+    dones = h.channel.wait_done([short, long])
+    assert dones[short].facts.tokens_out == 150 and dones[long].facts.tokens_out == 4
+    assert max(spy.sizes) == 4, spy.sizes
+    n_prompt = len(h.model.tokenize(CHAT.format(LONG_ASK)))
+    # One decoding token and three prompt tokens a step while the long prompt is evaluated.
+    assert spy.sizes.count(4) >= n_prompt // 3 - 8, (n_prompt, spy.sizes)
+
+    alone = harness(parallel=2, chunk=64, step_tokens=4)
+    spy.sizes.clear()
+    run = alone.submit(LONG_ASK, max_tokens=2)
+    alone.channel.wait_done([run])
+    assert spy.sizes[0] == 64, spy.sizes
 
 
 def test_all_cancelled_during_their_prompts_aborts_the_decode(harness, monkeypatch):

@@ -12,6 +12,10 @@ slow evaluation may be another process's doing). On the CPU no graph holds more 
 larger chunks would wait no longer and are not tried. A chunk deep in a long
 prompt costs a little more than at the start (attention grows with position);
 the choice and what was measured are logged and shown in /health.
+
+With several slots a cancel of one job cannot abort a step its neighbours share:
+it waits for the whole step. `choose_step` sizes that step the same way, by the
+whole decode of 1, 2, 4, … tokens.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class ChunkChoice:
     tokens: int
     mode: str  # "auto" (measured) | "fixed" (--prefill-chunk N)
     budget_ms: float | None = None
-    stop_points: str | None = None  # "graph nodes" (the CPU) | "chunks" (a GPU): what was timed
+    stop_points: str | None = None  # "graph nodes" (the CPU) | "chunks" (a GPU) | "steps": what was timed
     measured_ms: dict[int, float] = field(default_factory=dict)  # chunk → the longest wait in it
 
     def health(self) -> dict[str, Any]:
@@ -62,6 +66,12 @@ def choose(model: Model, settings: ContextSettings, budget_ms: float) -> ChunkCh
     """The largest power-of-two chunk (SMALLEST…LARGEST, at most n_ctx) in which a cancel
     waits at most `budget_ms`; SMALLEST if even that one's wait is longer."""
     return _on_a_thread_of_its_own(lambda: _measure(model, settings, budget_ms))
+
+
+def choose_step(model: Model, settings: ContextSettings, budget_ms: float, most: int) -> ChunkChoice:
+    """The largest power-of-two batch (1…`most`) whose whole decode takes at most `budget_ms`;
+    1 if even that one takes longer."""
+    return _on_a_thread_of_its_own(lambda: _measure(model, settings, budget_ms, smallest=1, most=most))
 
 
 def warm_up(model: Model, settings: ContextSettings) -> None:
@@ -98,9 +108,13 @@ def _on_a_thread_of_its_own(work: Callable[[], T]) -> T:
     return result[0]
 
 
-def _measure(model: Model, settings: ContextSettings, budget_ms: float) -> ChunkChoice:
-    on_cpu = model.device is None
-    largest = min(CPU_UBATCH if on_cpu else LARGEST, settings.n_ctx)
+def _measure(
+    model: Model, settings: ContextSettings, budget_ms: float, *, smallest: int = SMALLEST, most: int | None = None
+) -> ChunkChoice:
+    """`most` given: whole decodes are timed (a step of several slots), up to `most` tokens."""
+    whole = most is not None
+    on_cpu = model.device is None and not whole
+    largest = min(most or (CPU_UBATCH if on_cpu else LARGEST), settings.n_ctx)
     ctx = new_context(
         model, ContextSettings(settings.n_ctx, largest, settings.n_threads, flash_attn=settings.flash_attn)
     )
@@ -110,11 +124,11 @@ def _measure(model: Model, settings: ContextSettings, budget_ms: float) -> Chunk
             llama_cpp.llama_set_abort_callback(ctx, gaps.callback, None)
         tokens = _filler(model, largest)
         memory = llama_cpp.llama_get_memory(ctx)
-        _evaluate(ctx, memory, tokens, SMALLEST, gaps)  # warm-up: first-use allocations are not the chunk's
+        _evaluate(ctx, memory, tokens, smallest, gaps)  # warm-up: first-use allocations are not the chunk's
         measured: dict[int, float] = {}
-        chosen = SMALLEST
+        chosen = smallest
         started = time.perf_counter()
-        size = SMALLEST
+        size = smallest
         while size <= largest:
             ms = _evaluate(ctx, memory, tokens, size, gaps)
             if ms > budget_ms:
@@ -126,7 +140,8 @@ def _measure(model: Model, settings: ContextSettings, budget_ms: float) -> Chunk
             if time.perf_counter() - started > MEASURE_SEC:
                 break
             size *= 2
-        return ChunkChoice(chosen, "auto", budget_ms, "graph nodes" if on_cpu else "chunks", measured)
+        what = "steps" if whole else "graph nodes" if on_cpu else "chunks"
+        return ChunkChoice(chosen, "auto", budget_ms, what, measured)
     finally:
         free_context(ctx)
 

@@ -109,15 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         loop: InferenceLoop | BatchLoop
         make_ms: float | None
         if config.parallel > 1:  # one context of N sequences, owned by the loop: no pool, no spare
+            step = prefill.choose_step(model, settings, config.stop_budget_ms, most=chunk.tokens)
+            log.log_event("step_tokens", **step.health())
             loop = BatchLoop(
                 model,
                 channel,
                 settings,
                 parallel=config.parallel,
                 prefill_chunk=chunk.tokens,
+                step_tokens=step.tokens,
                 threads=threads,
                 faults=faults,
             )
+            loop.step_measured_ms = step.health()["measured_ms"]
             log.log_event("slots", **loop.health())
             make_ms = loop.make_ms
         else:

@@ -139,9 +139,13 @@ class BatchLoop:
         parallel: int,
         prefill_chunk: int,
         threads: Threads,
+        step_tokens: int | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
-        """`settings.n_ctx` is one run's context; the loop's context holds `parallel` of them."""
+        """`settings.n_ctx` is one run's context; the loop's context holds `parallel` of them.
+        `prefill_chunk`: the prompt tokens of a step that holds one run alone (a cancel stops
+        it mid-graph); `step_tokens` (default: the chunk): the most tokens of a step that holds
+        several, which a cancel of one of them waits for."""
         if parallel < 1:
             raise ValueError(f"parallel: expected at least 1, got {parallel}")
         self.model = model
@@ -149,8 +153,9 @@ class BatchLoop:
         self.parallel = parallel
         self.n_ctx = settings.n_ctx
         self.prefill_chunk = prefill_chunk
-        # Every decoding run's token fits beside at least one prompt token.
-        self.capacity = max(prefill_chunk, parallel + 1)
+        self.step_tokens = min(step_tokens or prefill_chunk, prefill_chunk)
+        # A step's prompt tokens are at least its decoding runs' tokens (see _step).
+        self.capacity = max(prefill_chunk, 2 * parallel)
         self.threads = threads
         self.faults = faults or FaultPlan()
         self._runs: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
@@ -199,6 +204,7 @@ class BatchLoop:
         self._waiting: deque[Run] = deque()
         self._faulty = 0  # active runs with an injected decode fault
         self._kv_cells = 0
+        self.step_measured_ms: dict[str, float] | None = None  # what sized step_tokens (set by its maker)
         self._closed = False
 
     # -- the interface -----------------------------------------------------------------
@@ -233,7 +239,8 @@ class BatchLoop:
             "kv_cells": self._kv_cells,
             "kv_cells_total": self.n_ctx * self.parallel,
             "kv_unified": True,
-            "step_tokens": self.prefill_chunk,
+            "step_tokens": self.step_tokens,
+            "step_measured_ms": self.step_measured_ms,
         }
 
     def kv_cells(self) -> int:
@@ -365,7 +372,11 @@ class BatchLoop:
                 in_batch.append(job)
                 words.append(job.run.flag_address)
         decoding = n
-        budget = max(self.prefill_chunk - n, 1)
+        # Alone, a run's prompt goes in whole chunks: its own cancel aborts the graph. Beside
+        # others, a step holds `step_tokens` (a cancel waits for the step), but never fewer
+        # prompt tokens than decoding runs' tokens: a starting run takes at most half a step
+        # and is never starved; a step is then at most twice a decode-only one.
+        budget = self.prefill_chunk if len(active) == 1 else max(self.step_tokens - n, n, 1)
         prompt_left = 0
         for job in active:
             if budget == 0:
