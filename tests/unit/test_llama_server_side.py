@@ -60,3 +60,22 @@ def test_a_reports_command_names_files_of_this_machine_by_their_name_only():
     assert shown_command("python -m bench", argv) == (
         "python -m bench --llama-server …/llama-server --model=…/m.gguf --json out.json --threads 1"
     )
+
+
+def test_with_n_slots_each_slot_gets_the_workers_context(tmp_path):
+    """bench.slots' llama-server sides: `-np N` and a context of N × n_ctx, as the worker's slots."""
+    binary = _package(tmp_path)
+    server = llama_server(
+        binary,
+        tmp_path / "m.gguf",
+        threads=2,
+        n_ctx=4096,
+        n_batch=128,
+        extra_buffers=True,
+        scratch=tmp_path,
+        slots=4,
+        name="llama-server-np4",
+    )
+    cmd = server.cmd
+    assert cmd[cmd.index("-np") + 1] == "4" and cmd[cmd.index("-c") + 1] == str(4 * 4096)
+    assert server.log_path.name == "llama-server-np4.log" and "--no-repack" not in cmd
