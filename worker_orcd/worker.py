@@ -171,6 +171,7 @@ class Worker:
         ready = self.engine.info
         slots = self.slot_jobs()
         running = [job for _, job in slots]
+        cells = self._cells(slots)
         engine = self.engine.health()
         vram = self.vram.latest  # one sample: the figure and its scope agree
         record = {
@@ -196,8 +197,8 @@ class Worker:
             "active_jobs": [job.job_id for job in running],
             "parallel": self.config.parallel,
             "slots_busy": len(running),
-            "slots": [_slot_view(slot, job) for slot, job in slots],
-            "kv_cells": self.engine.kv_cells,
+            "slots": [_slot_view(slot, job, cells.get(slot)) for slot, job in slots],
+            "kv_cells": sum(cells.values()) if cells else self.engine.kv_cells,
             "batch": _batch_view(ready.slots) if ready and ready.slots else None,
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
@@ -253,8 +254,15 @@ class Worker:
             "vram_bytes": self.vram.used_bytes(),
             "slots": self.config.parallel,
             "slots_busy": len(self.slot_jobs()),
-            "kv_cells": self.engine.kv_cells,
+            "kv_cells": sum(cells.values()) if (cells := self._cells(self.slot_jobs())) else self.engine.kv_cells,
         }
+
+    def _cells(self, slots: list[tuple[int, Job]]) -> dict[int, int]:
+        """Each busy slot's KV cells as the engine last wrote them (WO-SLOT-7); none with one slot."""
+        if self.config.parallel == 1:
+            return {}
+        board = self.engine.board
+        return {slot: board.cells(slot) for slot, _ in slots}
 
 
 class ShutdownOnce:
@@ -280,8 +288,14 @@ class ShutdownOnce:
             self._then()
 
 
-def _slot_view(slot: int, job: Job) -> dict[str, Any]:
-    return {"slot": slot, "job_id": job.job_id, "phase": job.phase.value, "tokens_out": job.tokens_out}
+def _slot_view(slot: int, job: Job, cells: int | None) -> dict[str, Any]:
+    return {
+        "slot": slot,
+        "job_id": job.job_id,
+        "phase": job.phase.value,
+        "tokens_out": job.tokens_out,
+        "kv_cells": cells,
+    }
 
 
 def _batch_view(slots: dict[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,8 @@ def test_four_streams_run_at_once(http, slotted):
     h = http.get("/health").json()
     assert h["slots_busy"] == SLOTS
     assert sorted(v["job_id"] for v in h["slots"]) == sorted(s.job_id for s in streams)
+    # WO-SLOT-7: each job's cells while it runs, their sum the cells in use.
+    assert all(v["kv_cells"] > 0 for v in h["slots"]) and h["kv_cells"] == sum(v["kv_cells"] for v in h["slots"])
     assert sorted(v["slot"] for v in h["slots"]) == list(range(SLOTS))
     for s in streams:
         events = s.join(120)

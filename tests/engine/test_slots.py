@@ -135,6 +135,7 @@ class Harness:
             parallel=parallel,
             prefill_chunk=chunk,
             step_tokens=step_tokens,
+            cells_offset=board.cells_offset,
             threads=threads or Threads.choose(1, fixed=True),
             faults=faults,
         )
@@ -239,6 +240,28 @@ def test_four_runs_at_once_all_finish(harness):
     # differently for other batch sizes (another sequence's content changes nothing; its
     # presence changes the shapes), and this small model's top logits are often close.
     # Both are the model's greedy answer to the prompt, so only their lengths are held equal.
+
+
+def test_each_run_s_cells_are_on_the_board_while_it_runs_and_0_at_its_done(harness, board):
+    """WO-SLOT-7: after every step the loop writes each run's cells on the board (its
+    prompt and its tokens so far); they are 0 before its `done` is sent."""
+    h = harness()
+    runs = [h.submit(ask, max_tokens=24) for ask in ASKS[:2]]
+    n_prompt = len(h.model.tokenize(CHAT.format(ASKS[0])))
+    h.channel.wait(lambda: len(h.channel.tokens.get(runs[0], [])) >= 8)
+    seen = board.cells(runs[0])
+    assert n_prompt + 6 <= seen <= n_prompt + 24, (seen, n_prompt)
+    at_done: dict[int, int] = {}
+    real = h.channel.send
+
+    def send(message):
+        if isinstance(message, Done):
+            at_done[message.run] = board.cells(message.run)
+        real(message)
+
+    h.channel.send = send  # type: ignore[method-assign]
+    h.channel.wait_done(runs)
+    assert at_done == {runs[0]: 0, runs[1]: 0}
 
 
 def test_the_other_runs_content_does_not_reach_a_run(harness):

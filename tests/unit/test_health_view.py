@@ -23,7 +23,10 @@ def fake_worker(active=None, capacity: int = 2, status: str = "healthy", also=()
             queue_depth=len(queue),
             active_jobs=[job.job_id for job in running],
             slots_busy=len(running),
-            slots=[Slot(slot=i, job_id=job.job_id, phase="decode", tokens_out=i) for i, job in enumerate(running)],
+            slots=[
+                Slot(slot=i, job_id=job.job_id, phase="decode", tokens_out=i, kv_cells=40 + i)
+                for i, job in enumerate(running)
+            ],
             busy=active is not None,
             ready=status == "healthy" and queue.has_room(),
         ).owned({job.job_id: job.tenant for job in running})

@@ -112,6 +112,10 @@ class Slot(_Record):
         description="`prompt` while its prompt is evaluated, `decode` once its tokens come."
     )
     tokens_out: NonNegative
+    kv_cells: NonNegative | None = Field(
+        description="The KV cells its job holds now, as the engine wrote them after its latest step (its prompt "
+        "so far and its tokens); null with one slot, whose job has a context of its own (WO-SLOT-7)."
+    )
 
 
 class Batch(_Record):
@@ -185,8 +189,9 @@ class Health(_Record):
     slots_busy: NonNegative = Field(description="How many slots hold a running job, whoever's (WO-SLOT-1).")
     slots: list[Slot] = Field(description="The busy slots, by slot (WO-SLOT-1).")
     kv_cells: NonNegative | None = Field(
-        description="With `--parallel` N > 1: cells of the KV cache in use once the latest job's cells were "
-        "removed (0 when no job runs, WO-SLOT-3); null with one slot, whose job's context is freed whole."
+        description="With `--parallel` N > 1: cells of the KV cache in use: while jobs run, the sum of their "
+        "slots' `kv_cells` (WO-SLOT-7); once none runs, what is left after the latest job's cells were removed "
+        "(0, WO-SLOT-3). Null with one slot, whose job's context is freed whole."
     )
     batch: Batch | None = Field(description="The slots' shared context; null with one slot.")
     queue_depth: NonNegative

@@ -5,6 +5,10 @@ descriptor to every engine process it starts; both map it. A word is one
 `atomic_int` on its own cache line: the front raises it with a plain store
 (`native/cancel_flag.c`), the engine's token loop and llama.cpp's C abort
 callback read it. No message is needed to stop a job.
+
+With several slots the board also carries, after the words, one 64-bit count per
+slot on its own line: the KV cells its job holds, which the engine writes after
+every step and the front reads for /health (again no message per step).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ class CancelBoard:
     def __init__(self, slots: int = 1, *, fd: int | None = None) -> None:
         """A new board (the front), or the board behind an inherited `fd` (the engine)."""
         self.slots = slots
-        self.size = slots * SLOT_BYTES
+        self.cells_offset = slots * SLOT_BYTES  # a slot's cells line, this far past its word
+        self.size = 2 * slots * SLOT_BYTES
         if fd is None:
             fd = os.memfd_create("worker-orcd-cancel-board", 0)
             os.ftruncate(fd, self.size)
@@ -35,3 +40,7 @@ class CancelBoard:
         if not 0 <= slot < self.slots:
             raise IndexError(f"cancel board slot {slot} of {self.slots}")
         return self._base + slot * SLOT_BYTES
+
+    def cells(self, slot: int) -> int:
+        """The KV cells the engine last said the slot's job holds (0 once its cells are gone)."""
+        return ctypes.c_int64.from_address(self.address(slot) + self.cells_offset).value

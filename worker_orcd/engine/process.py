@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 parallel=config.parallel,
                 prefill_chunk=chunk.tokens,
                 step_tokens=step.tokens,
+                cells_offset=board.cells_offset,
                 threads=threads,
                 faults=faults,
             )

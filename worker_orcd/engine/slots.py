@@ -74,6 +74,7 @@ class _Job:
     """A run in a slot: its sequence, sampler, text state and where its prompt is."""
 
     __slots__ = (
+        "cells",
         "done",
         "ended",
         "fail",
@@ -108,6 +109,7 @@ class _Job:
         self.done = 0  # prompt tokens in the cache
         self.n_past = 0  # the sequence's cells: the next token's position
         self.sample_at = -1  # the batch index of its logits in the last decode
+        self.cells: ctypes.c_int64 | None = None  # its count of cells on the board, if the board has one
         self.token = 0  # the sampled token the next step decodes
         self.n_out = 0
         self.sampler = 0
@@ -140,12 +142,14 @@ class BatchLoop:
         prefill_chunk: int,
         threads: Threads,
         step_tokens: int | None = None,
+        cells_offset: int = 0,
         faults: FaultPlan | None = None,
     ) -> None:
         """`settings.n_ctx` is one run's context; the loop's context holds `parallel` of them.
         `prefill_chunk`: the prompt tokens of a step that holds one run alone (a cancel stops
         it mid-graph); `step_tokens` (default: the chunk): the most tokens of a step that holds
-        several, which a cancel of one of them waits for."""
+        several, which a cancel of one of them waits for. `cells_offset`: where, past a run's
+        word, the board keeps the count of its cells (0: the board has none)."""
         if parallel < 1:
             raise ValueError(f"parallel: expected at least 1, got {parallel}")
         self.model = model
@@ -153,6 +157,7 @@ class BatchLoop:
         self.parallel = parallel
         self.n_ctx = settings.n_ctx
         self.prefill_chunk = prefill_chunk
+        self.cells_offset = cells_offset
         self.step_tokens = min(step_tokens or prefill_chunk, prefill_chunk)
         # A step's prompt tokens are at least its decoding runs' tokens (see _step).
         self.capacity = max(prefill_chunk, 2 * parallel)
@@ -321,6 +326,9 @@ class BatchLoop:
         job.fail = self.faults.decode_for(run.job_id, _decodes)
         job.fault_at, job.fault = self.faults.token_fault(run.job_id, self.channel)
         job.sampler = new_sampler(run.sampling, self.model.n_vocab)
+        if self.cells_offset:
+            job.cells = ctypes.c_int64.from_address(run.flag_address + self.cells_offset)
+            job.cells.value = 0
         return job
 
     def _refused(self, run: Run) -> RunFacts | None:
@@ -440,9 +448,16 @@ class BatchLoop:
             llama_cpp.llama_set_n_threads(self.ctx, *self._n_threads)
 
     def _count_cells(self) -> None:
+        """Each run's cells, published on the board for /health, and their sum."""
         pos_max = llama_cpp.llama_memory_seq_pos_max
         memory = self.memory
-        self._kv_cells = sum(pos_max(memory, job.seq) + 1 for job in self._active)
+        total = 0
+        for job in self._active:
+            n = pos_max(memory, job.seq) + 1
+            if job.cells is not None:
+                job.cells.value = n
+            total += n
+        self._kv_cells = total
 
     def _sample(self, job: _Job) -> None:
         if job.n_out < job.run.sampling.min_tokens:
@@ -511,6 +526,8 @@ class BatchLoop:
         try:
             llama_cpp.llama_memory_seq_rm(self.memory, job.seq, -1, -1)
             left = llama_cpp.llama_memory_seq_pos_max(self.memory, job.seq)
+            if job.cells is not None:
+                job.cells.value = left + 1  # 0 when they are gone, before `done`
             if left == -1:
                 self._free.append(job.seq)
             else:  # the slot is not used again: its cells might be read by the next run
