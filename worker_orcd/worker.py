@@ -198,7 +198,7 @@ class Worker:
             "parallel": self.config.parallel,
             "slots_busy": len(running),
             "slots": [_slot_view(slot, job, cells.get(slot)) for slot, job in slots],
-            "kv_cells": sum(cells.values()) if cells else self.engine.kv_cells,
+            "kv_cells": self._cells_in_use(cells),
             "batch": _batch_view(ready.slots) if ready and ready.slots else None,
             "queue_depth": self.queue_depth,
             "cpu_extra_buffers": ready.cpu_extra_buffers if ready else None,
@@ -248,13 +248,14 @@ class Worker:
         self.ledger.close()
 
     def _gauges(self) -> dict[str, float | None]:
+        slots = self.slot_jobs()  # one locked copy: the busy count and the cells are the same jobs'
         return {
             "uptime": time.monotonic() - self.started,
             "queue_depth": len(self.manager.queue),
             "vram_bytes": self.vram.used_bytes(),
             "slots": self.config.parallel,
-            "slots_busy": len(self.slot_jobs()),
-            "kv_cells": sum(cells.values()) if (cells := self._cells(self.slot_jobs())) else self.engine.kv_cells,
+            "slots_busy": len(slots),
+            "kv_cells": self._cells_in_use(self._cells(slots)),
         }
 
     def _cells(self, slots: list[tuple[int, Job]]) -> dict[int, int]:
@@ -263,6 +264,10 @@ class Worker:
             return {}
         board = self.engine.board
         return {slot: board.cells(slot) for slot, _ in slots}
+
+    def _cells_in_use(self, cells: dict[int, int]) -> int | None:
+        """While jobs run, their slots' cells; otherwise what the engine said after the latest run."""
+        return sum(cells.values()) if cells else self.engine.kv_cells
 
 
 class ShutdownOnce:

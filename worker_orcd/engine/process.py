@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         make_ms: float | None
         if config.parallel > 1:  # one context of N sequences, owned by the loop: no pool, no spare
             step = prefill.choose_step(model, settings, config.stop_budget_ms, most=chunk.tokens)
-            log.log_event("step_tokens", **step.health())
+            step_health = step.health()
+            log.log_event("step_tokens", **step_health)
             loop = BatchLoop(
                 model,
                 channel,
@@ -118,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                 parallel=config.parallel,
                 prefill_chunk=chunk.tokens,
                 step_tokens=step.tokens,
+                step_measured_ms=step_health["measured_ms"],
                 cells_offset=board.cells_offset,
                 threads=threads,
                 faults=faults,
             )
-            loop.step_measured_ms = step.health()["measured_ms"]
             log.log_event("slots", **loop.health())
             make_ms = loop.make_ms
         else:

@@ -142,13 +142,15 @@ class BatchLoop:
         prefill_chunk: int,
         threads: Threads,
         step_tokens: int | None = None,
+        step_measured_ms: dict[str, float] | None = None,
         cells_offset: int = 0,
         faults: FaultPlan | None = None,
     ) -> None:
         """`settings.n_ctx` is one run's context; the loop's context holds `parallel` of them.
         `prefill_chunk`: the prompt tokens of a step that holds one run alone (a cancel stops
         it mid-graph); `step_tokens` (default: the chunk): the most tokens of a step that holds
-        several, which a cancel of one of them waits for. `cells_offset`: where, past a run's
+        several, which a cancel of one of them waits for (`step_measured_ms`: what sized it, for
+        /health). `cells_offset`: where, past a run's
         word, the board keeps the count of its cells (0: the board has none)."""
         if parallel < 1:
             raise ValueError(f"parallel: expected at least 1, got {parallel}")
@@ -159,6 +161,7 @@ class BatchLoop:
         self.prefill_chunk = prefill_chunk
         self.cells_offset = cells_offset
         self.step_tokens = min(step_tokens or prefill_chunk, prefill_chunk)
+        self.step_measured_ms = step_measured_ms
         # A step's prompt tokens are at least its decoding runs' tokens (see _step).
         self.capacity = max(prefill_chunk, 2 * parallel)
         self.threads = threads
@@ -209,7 +212,6 @@ class BatchLoop:
         self._waiting: deque[Run] = deque()
         self._faulty = 0  # active runs with an injected decode fault
         self._kv_cells = 0
-        self.step_measured_ms: dict[str, float] | None = None  # what sized step_tokens (set by its maker)
         self._closed = False
 
     # -- the interface -----------------------------------------------------------------
@@ -382,7 +384,7 @@ class BatchLoop:
         decoding = n
         # Alone, a run's prompt goes in whole chunks: its own cancel aborts the graph. Beside
         # others, a step holds `step_tokens` (a cancel waits for the step), but never fewer
-        # prompt tokens than decoding runs' tokens: a starting run takes at most half a step
+        # prompt tokens than decoding runs' tokens: a starting run takes at least half a step
         # and is never starved; a step is then at most twice a decode-only one.
         budget = self.prefill_chunk if len(active) == 1 else max(self.step_tokens - n, n, 1)
         prompt_left = 0
