@@ -425,6 +425,19 @@ def test_two_streams_at_once_and_a_cancel_takes_one_out(browser, parallel_worker
             expect(kv).to_have_text(re.compile(r"^\d+$"))
         else:
             expect(kv).to_have_text("—")
+        # Each slot's row shows the cells its job holds (WO-SLOT-7), a count that grows as it runs.
+        for job_id in (first, second):
+            cells = page.locator(f'#slots-body tr[data-job-id="{job_id}"] td.cells')
+            expect(cells).to_have_text(re.compile(r"^[1-9]\d*$"))
+        seen = [int(page.locator(f'#slots-body tr[data-job-id="{j}"] td.cells').inner_text()) for j in (first, second)]
+        page.wait_for_function(
+            """([ids, seen]) => ids.some((id, i) => {
+                const td = document.querySelector(`#slots-body tr[data-job-id="${id}"] td.cells`);
+                return td !== null && Number(td.textContent) > seen[i];
+            })""",
+            arg=[[first, second], seen],
+            timeout=2 * UI_TIMEOUT_MS,
+        )
 
         # Whichever streams first (both may), cancel it from its card.
         streaming = page.wait_for_function(
