@@ -375,8 +375,7 @@
       if (s.job_id && made.has(s.job_id)) row.className = "mine";
       cell(row, s.phase);
       cell(row, s.tokens_out, "num");
-      // null with one slot (its loop does not count them): shown as a dash.
-      cell(row, typeof s.kv_cells === "number" ? s.kv_cells : null, "num cells");
+      cell(row, s.kv_cells, "num cells"); // null with one slot, shown as a dash
       return row;
     });
     $("slots-body").replaceChildren(...rows);
