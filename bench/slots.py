@@ -20,8 +20,9 @@ server, the CPU time per streamed token of its main thread (the worker's event
 loop) and of its whole process.
 
 Cancels (the worker at `--parallel 4`): four jobs run; one is cancelled at a random
-moment, in its decode (after 4-40 tokens) or in its prompt (a ~1,400-token prompt
-sent beside three decoding neighbours, cancelled 50-600 ms later). Measured: POST
+moment, in its decode (4-40 tokens after all four stream, as one of its tokens
+arrives) or in its prompt (a ~1,400-token prompt sent beside three decoding
+neighbours, cancelled 50-600 ms later). Measured: POST
 /cancel → CANCELLED as the client reads it, the job's own `stop_ms`/`cancel_ms`,
 the neighbours' largest gap between tokens around the cancel against their p99 gap
 in rounds of the same make-up without one, and whether the job's cells were gone
@@ -315,7 +316,7 @@ def _steady_gaps(streams: list[list[float]], t_from: float | None = None, t_to: 
 
 
 def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Random, log) -> dict[str, Any]:
-    scene = Scene(client, neighbour_tokens=72)
+    scene = Scene(client, neighbour_tokens=96)
     tag = 5000
     out: dict[str, Any] = {}
     for hit in ("decode", "prompt"):
@@ -327,10 +328,13 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
             tag += 8
             cancel = kind == "cancel"
             if hit == "decode":
-                # Four jobs together; the first is cancelled once it has made a few tokens.
+                # Four jobs together; once all four stream, the first is cancelled after a few
+                # more of its tokens, just as one arrives.
                 victim, *others = scene.neighbours(4, tag)
                 if cancel:
-                    client.read_tokens(victim, rng.randint(4, 40))
+                    for job in others:
+                        client.read_tokens(job, 1)
+                    client.read_tokens_after(victim, rng.randint(4, 40), time.perf_counter())
             else:
                 # Three decoding jobs, then a long prompt beside them, cancelled while it is evaluated.
                 others = scene.neighbours(3, tag)

@@ -51,17 +51,33 @@ bool orcd_abort_callback(void *data) {
 
 /* The words of every run in one batched decode (engine.slots): one graph computes
  * them all, so it may stop only once each of its runs is cancelled. The engine
- * fills it before each decode; each word is its own run's, nothing else decides. */
+ * fills it before each decode; each word is its own run's, nothing else decides
+ * a run's end.
+ *
+ * `arrived` counts the runs handed to the engine, `taken` those its loop has
+ * taken (one writer each). `gives_way` is set for a decode that holds one run's
+ * whole prompt chunk, alone: such a decode stops at the next graph node once a
+ * run has arrived that the loop has not taken, so the newcomer takes its slot
+ * (or its cancel is seen) without waiting for the chunk; the engine evaluates
+ * the chunk again beside it. That stop ends no run. */
 typedef struct {
     int count;
     atomic_int **words;
+    _Atomic long long arrived;
+    _Atomic long long taken;
+    int gives_way;
 } orcd_batch_words;
 
-/* ggml_abort_callback for a batch: true only if every word is raised (none: false). */
+/* ggml_abort_callback for a batch: true if every word is raised (none: false), or
+ * if the decode gives way and a run is waiting to be taken. */
 bool orcd_abort_all_callback(void *data) {
     const orcd_batch_words *batch = (const orcd_batch_words *)data;
     if (batch == NULL || batch->count <= 0) {
         return false;
+    }
+    if (batch->gives_way && atomic_load_explicit(&batch->arrived, memory_order_relaxed) >
+                                atomic_load_explicit(&batch->taken, memory_order_relaxed)) {
+        return true;
     }
     for (int i = 0; i < batch->count; i++) {
         if (atomic_load_explicit(batch->words[i], memory_order_relaxed) == 0) {

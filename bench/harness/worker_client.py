@@ -98,6 +98,21 @@ class WorkerClient:
                 raise RuntimeError(f"job ended before {count} tokens: {event.raw}")
         raise RuntimeError("stream ended without a terminal event")
 
+    def read_tokens_after(self, job: "OpenJob", count: int, after: float) -> None:
+        """Read events until `count` token events that arrived after `after` (perf_counter)
+        have been read: the last is read as it arrives, not from what was buffered."""
+        fresh = 0
+        for event in job.events:
+            if event.name == "token":
+                job.seen += 1
+                fresh += event.at > after
+                if fresh >= count:
+                    return
+            elif event.name in TERMINAL:
+                job.close()
+                raise RuntimeError(f"job ended before {count} more tokens: {event.raw}")
+        raise RuntimeError("stream ended without a terminal event")
+
     def cancel_and_finish(self, job: "OpenJob") -> CancelRun:
         """POST /cancel for an open job and read its stream to CANCELLED."""
         try:

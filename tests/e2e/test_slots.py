@@ -109,6 +109,10 @@ def test_a_cancel_takes_one_stream_out_of_the_batch(http, slotted):
     end = terminal(events)
     assert end.name == "error" and end.data["code"] == "CANCELLED"
     assert 0 <= end.data["stop_ms"] <= end.data["cancel_ms"]
+    # Read at once after its end: it holds no slot, and the cells in use are its neighbours'.
+    health = http.get("/health").json()
+    assert victim.job_id not in [v["job_id"] for v in health["slots"]], health["slots"]
+    assert health["kv_cells"] == sum(v["kv_cells"] for v in health["slots"]), health
     job = wait_job(http, victim.job_id, "cancelled")
     assert job["cancel_reason"] == "client" and job["tokens_out"] == end.data["tokens_out"] < 64
     for s in neighbours:
@@ -133,6 +137,23 @@ def test_a_cancel_in_its_prompt_leaves_the_decoding_neighbours(http, slotted):
     for s in decoding:
         ended = terminal(s.join(120))
         assert ended.name == "end" and ended.data["tokens_out"] == 48
+
+
+def test_a_short_job_beside_a_long_prompt_alone_ends_before_its_first_token(http, slotted):
+    """WO-SLOT-8: a job that arrives while a long prompt goes alone takes its slot at once (the
+    lone chunk gives way) and its short prompt goes first: it ends before the long job has a
+    token, and the long job then ends whole."""
+    long = StreamThread(slotted, {"job_id": uid("alone"), "prompt": LONG_PROMPT, "max_tokens": 4}).start()
+    wait_until(
+        lambda: any(v["job_id"] == long.job_id and v["phase"] == "prompt" for v in http.get("/health").json()["slots"]),
+        timeout=60,
+    )
+    short = StreamThread(slotted, story("short", 4)).start()
+    ended = terminal(short.join(120))
+    assert ended.name == "end" and ended.data["tokens_out"] == 4
+    assert tokens_of(long) == 0, long.events
+    ended = terminal(long.join(120))
+    assert ended.name == "end" and ended.data["tokens_out"] == 4
 
 
 def test_jobs_past_the_slots_queue_and_a_queued_cancel_never_runs(http, slotted):

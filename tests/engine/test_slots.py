@@ -328,16 +328,16 @@ class DecodeSpy:
     """llama_decode as the loop calls it, with each status noted; on call `at`, `before()`
     runs just before the real decode (after the loop read the words for the step)."""
 
-    def __init__(self, monkeypatch, at: int, before: Callable[[], None]) -> None:
+    def __init__(self, monkeypatch, at: int | set[int], before: Callable[[], None]) -> None:
         self.real = llama_cpp.llama_decode
         self.statuses: list[int] = []
         self.sizes: list[int] = []  # each call's batch.n_tokens
-        self.at = at
+        self.at = at if isinstance(at, set) else {at}
         self.before = before
         monkeypatch.setattr(llama_cpp, "llama_decode", self)
 
     def __call__(self, ctx: int, batch: Any) -> int:
-        if len(self.statuses) + 1 == self.at:
+        if len(self.statuses) + 1 in self.at:
             self.before()
         self.sizes.append(batch.n_tokens)
         rc = self.real(ctx, batch)
@@ -365,6 +365,72 @@ def test_a_step_beside_others_holds_step_tokens_and_a_lone_prompt_whole_chunks(h
     run = alone.submit(LONG_ASK, max_tokens=2)
     alone.channel.wait_done([run])
     assert spy.sizes[0] == 64, spy.sizes
+
+
+def test_a_lone_prompt_chunk_gives_way_to_a_run_that_arrives(harness, monkeypatch):
+    """WO-SLOT-8: a run that arrives while another's prompt goes alone in whole chunks stops
+    that chunk's graph: the newcomer takes its slot at once, the fewest prompt tokens left go
+    first, and the long prompt goes on beside it in steps of `step_tokens`."""
+    h = harness(parallel=2, chunk=128, step_tokens=4, start=False)
+    long = h.submit(LONG_ASK, max_tokens=4)
+    came: list[int] = []
+    spy = DecodeSpy(monkeypatch, 1, lambda: came.append(h.submit(ASKS[1], max_tokens=4)))
+    h.loop.start()
+    dones = h.channel.wait_done([long, 2])
+    assert came == [2]
+    assert spy.sizes[0] == 128 and spy.statuses[0] == DECODE_ABORTED, (spy.sizes, spy.statuses)
+    assert spy.statuses[1:] == [0] * (len(spy.statuses) - 1) and spy.sizes[1] == 4, spy.sizes
+    for n in (long, 2):
+        facts = dones[n].facts
+        assert facts.stop_reason == "max_tokens" and facts.tokens_out == 4 and facts.stopped_at is None, facts
+    order = [m[0] for m in h.channel.messages if isinstance(m, tuple)]
+    assert order.index(2) < order.index(long), order  # the short prompt's first token came first
+
+
+def test_a_lone_chunk_gives_way_once_until_it_steps_and_its_prompt_goes_on_intact(harness, monkeypatch):
+    """A chunk that gave way is evaluated again from its start, its cells of the stopped graph
+    gone: the greedy answer is the one the same run gives with no arrival. Its next try does
+    not give way (no step has had it since), so runs that arrive and end at once cannot hold
+    a long prompt back."""
+    plain = harness(parallel=2, chunk=128, step_tokens=4)
+    n = plain.submit(LONG_ASK, max_tokens=12)
+    assert plain.channel.wait_done([n])[n].facts.tokens_out == 12
+    expected = plain.channel.text(n)
+
+    h = harness(parallel=2, chunk=128, step_tokens=4, start=False)
+    long = h.submit(LONG_ASK, max_tokens=12)
+
+    def arrive_cancelled() -> None:  # each is cancelled before the loop sees it
+        h.cancel(h.numbers + 1)
+        h.submit(ASKS[1], max_tokens=4)
+
+    spy = DecodeSpy(monkeypatch, {1, 2}, arrive_cancelled)
+    h.loop.start()
+    dones = h.channel.wait_done([long, 2, 3])
+    assert spy.statuses[:3] == [DECODE_ABORTED, 0, 0] and spy.sizes[:2] == [128, 128], (spy.statuses, spy.sizes)
+    assert dones[long].facts.stop_reason == "max_tokens" and h.channel.text(long) == expected
+    for n in (2, 3):
+        assert [type(m) for m in h.channel.of(n)] == [Started, Stopped, Done]
+
+
+def test_a_lone_chunk_gives_way_again_once_a_step_has_had_it(harness, monkeypatch):
+    """After a newcomer shared steps with it and ended, a long prompt alone again gives way to
+    the next arrival too."""
+    h = harness(parallel=2, chunk=128, step_tokens=4, start=False)
+    long = h.submit(LONG_ASK, max_tokens=4)
+    came: list[int] = []
+
+    def arrive() -> None:  # before every decode: a first newcomer, then one once it has ended
+        if not came or (len(came) == 1 and h.channel.done(came[0]) is not None):
+            came.append(h.submit(ASKS[1], max_tokens=3))
+
+    spy = DecodeSpy(monkeypatch, set(range(1, 400)), arrive)
+    h.loop.start()
+    dones = h.channel.wait_done([long])
+    assert len(came) == 2, came
+    dones |= h.channel.wait_done(came)
+    assert spy.statuses.count(DECODE_ABORTED) == 2, spy.statuses
+    assert all(d.facts.stop_reason == "max_tokens" for d in dones.values()), dones
 
 
 def test_all_cancelled_during_their_prompts_aborts_the_decode(harness, monkeypatch):
@@ -474,6 +540,23 @@ def test_the_all_raised_callback():
     words.set([board.address(1)])
     assert callback(words.address) is True
     words.set([])
+    assert callback(words.address) is False
+    # A decode that gives way stops while a run has arrived and is not taken, whatever its
+    # words say; others do not.
+    other = CancelBoard(2)  # held: the callback reads its memory
+    fresh = other.address(0)
+    words.set([fresh], gives_way=True)
+    assert callback(words.address) is False
+    words.arrive()
+    assert callback(words.address) is True
+    words.set([fresh])
+    assert callback(words.address) is False
+    words.set([fresh], gives_way=True)
+    words.take()
+    assert callback(words.address) is False
+    words.take()  # taken before it was counted (the loop can be first): no stop, then or after
+    assert callback(words.address) is False
+    words.arrive()
     assert callback(words.address) is False
     with pytest.raises(ValueError):
         words.set([board.address(0)] * 5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import threading
 from functools import lru_cache
 
 
@@ -51,25 +52,42 @@ def abort_all_callback_address() -> int:
 
 
 class _BatchWordsStruct(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_int), ("words", ctypes.POINTER(ctypes.c_void_p))]
+    _fields_ = [
+        ("count", ctypes.c_int),
+        ("words", ctypes.POINTER(ctypes.c_void_p)),
+        ("arrived", ctypes.c_longlong),
+        ("taken", ctypes.c_longlong),
+        ("gives_way", ctypes.c_int),
+    ]
 
 
 class BatchWords:
     """The cancel words of the runs in one batched decode, as `orcd_abort_all_callback` reads
-    them: filled by the inference thread between decodes, never during one."""
+    them: filled by the inference thread between decodes, never during one. `arrive()`
+    (after the run is queued) and `take()` (the inference thread, as it takes one) count the
+    runs: a decode set to give way stops while one has arrived and is not taken."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._words = (ctypes.c_void_p * capacity)()
-        self._struct = _BatchWordsStruct(0, ctypes.cast(self._words, ctypes.POINTER(ctypes.c_void_p)))
+        self._struct = _BatchWordsStruct(0, ctypes.cast(self._words, ctypes.POINTER(ctypes.c_void_p)), 0, 0, 0)
         self.address = ctypes.addressof(self._struct)  # the callback's data
+        self._arriving = threading.Lock()  # `arrived` has one writer at a time
 
-    def set(self, addresses: list[int]) -> None:
+    def set(self, addresses: list[int], *, gives_way: bool = False) -> None:
         if len(addresses) > self.capacity:
             raise ValueError(f"{len(addresses)} words for a batch of at most {self.capacity}")
         for i, address in enumerate(addresses):
             self._words[i] = address
+        self._struct.gives_way = gives_way
         self._struct.count = len(addresses)
+
+    def arrive(self) -> None:
+        with self._arriving:
+            self._struct.arrived += 1
+
+    def take(self) -> None:
+        self._struct.taken += 1
 
     @property
     def count(self) -> int:

@@ -4,9 +4,10 @@ One context holds N sequences, one per slot, in a unified KV cache of N × n_ctx
 cells: each run may use the configured n_ctx (prompt + max_tokens must fit in
 it), and together they never need more than the cache holds. Each step is one
 `llama_decode` of one batch: the next token of every decoding run, then prompt
-chunks of the runs still evaluating their prompt, oldest first, up to the
-prefill chunk chosen at start (so one step stays within the stop budget as a
-chunk of the one-job path does). Logits are asked for only where a token is
+chunks of the runs still evaluating their prompt, the fewest tokens left first
+(ties: the oldest), up to `step_tokens` (the largest step whose decode took at
+most the stop budget at start); a run alone takes whole prefill chunks, which
+give way to a run that arrives meanwhile. Logits are asked for only where a token is
 sampled: a decoding run's token, the last token of a prompt. Each run samples
 from its own index in the batch with its own sampler chain, and keeps its own
 StopMatcher and Utf8Assembler.
@@ -17,7 +18,8 @@ and `done` are sent. Inside a decode the C abort callback reads the words of
 every run in that batch and aborts the graph only once all are raised: one
 graph computes them all, and one run's cancel must not stop another's tokens.
 A decode that comes back aborted therefore means every run in it was
-cancelled. Every run ends by the same release (cells removed and checked),
+cancelled, or a lone run's chunk gave way (it goes on from the chunk's start;
+that stop ends no run). Every run ends by the same release (cells removed and checked),
 whatever its end, and gets exactly one `done`, after its cells are gone.
 
 The messages per run are the one-job path's (`engine.loop`): `started` when it
@@ -70,6 +72,10 @@ def _decodes(ctx: int, batch: object) -> int:
     return 0
 
 
+def _prompt_left(job: _Job) -> int:
+    return job.n_prompt - job.done
+
+
 class _Job:
     """A run in a slot: its sequence, sampler, text state and where its prompt is."""
 
@@ -80,6 +86,7 @@ class _Job:
         "fail",
         "fault",
         "fault_at",
+        "gave_way",
         "n_out",
         "n_past",
         "n_prompt",
@@ -123,6 +130,7 @@ class _Job:
         self.t0 = time.perf_counter()
         self.t1 = 0.0
         self.ended = False
+        self.gave_way = False  # a chunk of it gave way, and no step has had it since
 
     @property
     def prompting(self) -> bool:
@@ -221,6 +229,7 @@ class BatchLoop:
 
     def submit(self, run: Run) -> None:
         self._runs.put(run)
+        self._words.arrive()  # after the put: the loop may take it first, never count it twice
 
     def close(self, timeout: float | None = None) -> bool:
         """No more runs: those submitted finish first. True once the thread has ended and
@@ -271,6 +280,7 @@ class BatchLoop:
                     closing = True
                     continue
                 waiting.append(item)
+                self._words.take()
             while True:  # whatever else has come meanwhile, without waiting
                 try:
                     item = self._runs.get_nowait()
@@ -280,6 +290,7 @@ class BatchLoop:
                     closing = True
                 else:
                     waiting.append(item)
+                    self._words.take()
             try:
                 self._admit()
                 self._step()
@@ -382,17 +393,20 @@ class BatchLoop:
                 in_batch.append(job)
                 words.append(job.run.flag_address)
         decoding = n
-        # Alone, a run's prompt goes in whole chunks: its own cancel aborts the graph. Beside
+        # Alone, a run's prompt goes in whole chunks: its own cancel aborts the graph, and so
+        # does a run that arrives meanwhile (the chunk gives way, see _give_way). Beside
         # others, a step holds `step_tokens` (a cancel waits for the step), but never fewer
         # prompt tokens than decoding runs' tokens: a starting run takes at least half a step
         # and is never starved; a step is then at most twice a decode-only one.
-        budget = self.prefill_chunk if len(active) == 1 else max(self.step_tokens - n, n, 1)
+        lone = len(active) == 1
+        budget = self.prefill_chunk if lone else max(self.step_tokens - n, n, 1)
         prompt_left = 0
-        for job in active:
+        starting = [job for job in active if job.prompting]
+        if len(starting) > 1:  # the fewest prompt tokens left first: a short prompt never waits out a long one
+            starting.sort(key=_prompt_left)
+        for job in starting:
             if budget == 0:
                 break
-            if not job.prompting:
-                continue
             k = min(budget, job.n_prompt - job.done)
             at = job.done
             ctypes.memmove(ctypes.addressof(tokens) + n * _TOKEN, job.prompt_addr + at * _TOKEN, k * _TOKEN)
@@ -411,7 +425,10 @@ class BatchLoop:
             in_batch.append(job)
             words.append(job.run.flag_address)
 
-        self._words.set(words)
+        # A run's lone chunk gives way again only once a step has had it: runs that arrive
+        # and at once end (cancelled, refused) cannot hold a long prompt back for ever.
+        gives_way = lone and n > self.step_tokens and not active[0].gave_way
+        self._words.set(words, gives_way=gives_way)
         self._batch.n_tokens = n
         rc = 0
         if self._faulty:  # tests only: a run's injected failure fails its step
@@ -421,15 +438,31 @@ class BatchLoop:
         if rc == 0:
             rc = llama_cpp.llama_decode(self.ctx, self._batch)
         self._words.set([])
-        if rc != 0:
+        if rc == DECODE_ABORTED and gives_way and not active[0].word.value:
+            self._give_way(active[0], n)
+        elif rc != 0:
             self._decode_failed(in_batch, rc)
         else:
             now = time.perf_counter()
             for job in in_batch:
+                job.gave_way = False
                 if job.t1 == 0.0 and not job.prompting:
                     job.t1 = now
             self._observe(now - began, n, n - decoding, prompt_left)
         self._count_cells()
+
+    def _give_way(self, job: _Job, n: int) -> None:
+        """A lone run's chunk of `n` prompt tokens stopped for a run that arrived: its cells
+        are removed (llama.cpp removes those of the stopped graph; a larger chunk's earlier
+        graphs are evaluated again too) and its prompt goes on from where the chunk began."""
+        at = job.done - n
+        llama_cpp.llama_memory_seq_rm(self.memory, job.seq, at, -1)
+        left = llama_cpp.llama_memory_seq_pos_max(self.memory, job.seq)
+        if left != at - 1:
+            raise RuntimeError(f"a chunk that gave way left cells: position {left}, expected {at - 1}")
+        job.done = job.n_past = at
+        job.sample_at = -1
+        job.gave_way = True
 
     def _observe(self, seconds: float, n: int, prompt: int, prompt_left: int) -> None:
         """A step's time for the thread counts: llama.cpp computes a one-token step with

@@ -83,9 +83,11 @@ class Dispatcher:
         ]
 
     def slot_jobs(self) -> list[tuple[int, Job]]:
-        """Each busy slot and its job, by slot."""
+        """Each busy slot and its job, by slot. A job that has ended holds none: the engine
+        freed its cells before its end, and what its thread does after the end is not the
+        slot's (a caller that has its terminal event must not find it running)."""
         with self.cond:
-            return sorted(self.running.items())
+            return sorted((slot, job) for slot, job in self.running.items() if not job.state.terminal)
 
     def start(self) -> None:
         for thread in self._threads:
