@@ -374,6 +374,7 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
             log(f"cancel in {hit} {i + 1}/{len(order)}: {result.client_ms:6.1f} ms, hit {result.hit}")
         kept = [r for r in runs if r["hit"] == hit]
         gap_max = [r["neighbour_gap_max_ms"] for r in kept if r["neighbour_gap_max_ms"] is not None]
+        over_gap = [r["client_ms"] - r["neighbour_gap_max_ms"] for r in kept if r["neighbour_gap_max_ms"] is not None]
         out[hit] = {
             "samples": len(kept),
             "landed_elsewhere": len(runs) - len(kept),
@@ -383,6 +384,9 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
             "baseline_gap_ms": summary(baseline_gaps, 2),
             "neighbour_gap_max_ms": summary(gap_max, 2),
             "gap_max_p99_over_baseline_p99": ratio(percentile(gap_max, 99), percentile(baseline_gaps, 99)),
+            # The step it landed in, as the neighbours saw it: their largest gap around the cancel.
+            "client_ms_over_neighbour_gap": summary(over_gap, 2),
+            "client_within_neighbour_gap_plus_5_ms": sum(x <= 5.0 for x in over_gap),
             "all_cancelled": all(r["code"] == "CANCELLED" for r in runs),
             "neighbours_all_finished": all(r["neighbours_finished"] for r in runs),
             "victim_out_of_its_slot_at_cancelled": sum(not r["victim_in_a_slot"] for r in runs),
@@ -594,6 +598,8 @@ def print_summary(report: dict[str, Any], out=sys.stdout) -> None:
         w(
             f"cancel in {hit}: client p50 {c['client_ms']['p50']} p99 {c['client_ms']['p99']} ms; neighbours' "
             f"largest gap p99 {c['neighbour_gap_max_ms']['p99']} vs {c['baseline_gap_ms']['p99']} ms without; "
+            f"within their largest gap + 5 ms {c['client_within_neighbour_gap_plus_5_ms']}/"
+            f"{c['client_ms_over_neighbour_gap']['n']}; "
             f"out of its slot {c['victim_out_of_its_slot_at_cancelled']}/{c['samples'] + c['landed_elsewhere']}"
         )
     if report.get("same_answers"):
