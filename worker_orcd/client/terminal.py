@@ -142,6 +142,7 @@ class Run:
         stop = threading.Event()
 
         def watch() -> None:
+            _leave_sigint_to_the_main_thread()
             while not stop.wait(QUEUE_POLL_S) and self.status.state == "queued":
                 try:
                     place = self.client.job(self.job_id).get("queue_position")
@@ -215,6 +216,7 @@ class Run:
         threading.Thread(target=self._cancel, name="cancel", daemon=True).start()
 
     def _cancel(self) -> None:
+        _leave_sigint_to_the_main_thread()
         self.status.cancelling(self.job_id)
         try:
             self.client.cancel(self.job_id)
@@ -313,6 +315,15 @@ class StatusLine:
             self.note(message)
         elif self.drawn:
             self._draw("")
+
+
+def _leave_sigint_to_the_main_thread() -> None:
+    """Block SIGINT in the calling (helper) thread. The kernel gives a signal to any thread
+    that does not block it, and Python runs its handler only in the main thread: a Ctrl-C
+    that lands in a thread waiting on the network would leave the main thread's own wait
+    uninterrupted, and a second Ctrl-C would not leave until that wait ended."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def _prompt(args: argparse.Namespace) -> str | None:
