@@ -334,7 +334,7 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
                 if cancel:
                     for job in others:
                         client.read_tokens(job, 1)
-                    client.read_tokens_after(victim, rng.randint(4, 40), time.perf_counter())
+                    client.read_tokens(victim, rng.randint(4, 40), after=time.perf_counter())
             else:
                 # Three decoding jobs, then a long prompt beside them, cancelled while it is evaluated.
                 others = scene.neighbours(3, tag)

@@ -86,31 +86,20 @@ class WorkerClient:
         # Read on a thread: CANCELLED is stamped when it arrives, not after the 202 is read.
         return OpenJob(stream.job_id, sent, stream, BackgroundEvents(stream.sse_events()))
 
-    def read_tokens(self, job: "OpenJob", count: int) -> None:
-        """Read events until `count` token events have arrived."""
+    def read_tokens(self, job: "OpenJob", count: int, *, after: float | None = None) -> None:
+        """Read events until `count` token events have arrived; with `after` (perf_counter),
+        until `count` that arrived after it have been read, the last as it arrives rather
+        than from what was buffered."""
+        counted = job.seen if after is None else 0
         for event in job.events:
             if event.name == "token":
                 job.seen += 1
-                if job.seen >= count:
+                counted += after is None or event.at > after
+                if counted >= count:
                     return
             elif event.name in TERMINAL:
                 job.close()
                 raise RuntimeError(f"job ended before {count} tokens: {event.raw}")
-        raise RuntimeError("stream ended without a terminal event")
-
-    def read_tokens_after(self, job: "OpenJob", count: int, after: float) -> None:
-        """Read events until `count` token events that arrived after `after` (perf_counter)
-        have been read: the last is read as it arrives, not from what was buffered."""
-        fresh = 0
-        for event in job.events:
-            if event.name == "token":
-                job.seen += 1
-                fresh += event.at > after
-                if fresh >= count:
-                    return
-            elif event.name in TERMINAL:
-                job.close()
-                raise RuntimeError(f"job ended before {count} more tokens: {event.raw}")
         raise RuntimeError("stream ended without a terminal event")
 
     def cancel_and_finish(self, job: "OpenJob") -> CancelRun:
