@@ -162,10 +162,13 @@ def test_chat_applies_the_models_template_through_the_worker(worker, client):
     """WO-CLIENT-10: --chat sends the prompt as a user's message to /v1/chat/completions,
     whose template the worker applies; the job is the same kind of job, under --job-id."""
     job_id = uid("run-chat")
-    done = run_client(worker.url, "Name a colour.", "--chat", "--json", "--max-tokens", "8", "--job-id", job_id)
+    # Greedy: sampled at the worker's temperature, the model may end its answer (eos) before 8 tokens.
+    args = ("--chat", "--json", "--temperature", "0", "--max-tokens", "8", "--job-id", job_id)
+    done = run_client(worker.url, "Name a colour.", *args)
     events = json_lines(done)
     assert events[0]["event"] == "started" and events[0]["data"]["job_id"] == job_id
     assert events[-1]["event"] == "end" and events[-1]["data"]["tokens_out"] == 8
+    assert events[-1]["data"]["stop_reason"] == "max_tokens"
     job = wait_job(client, job_id, "completed")
     assert job["text"] == "".join(e["data"]["t"] for e in events if e["event"] == "token")
     assert worker.log.wait_for("job_queued", job_id=job_id)["api"] == "openai.chat"
