@@ -367,10 +367,48 @@ def test_a_step_beside_others_holds_step_tokens_and_a_lone_prompt_whole_chunks(h
     assert spy.sizes[0] == 64, spy.sizes
 
 
+def test_a_step_holds_at_least_one_token_per_slot(harness, monkeypatch):
+    """WO-SLOT-8: where fewer tokens than slots fit the budget (`step_tokens` 2 at 4 slots),
+    the step is one token per slot: runs that start together share steps of 4 prompt tokens,
+    and every step of 4 decoding runs holds their 4 tokens."""
+    h = harness(parallel=4, chunk=64, step_tokens=2, start=False)
+    assert h.loop.step_tokens == 4 and h.loop.health()["step_within_budget"] == 2
+    spy = DecodeSpy(monkeypatch, 0, lambda: None)
+    runs = [h.submit(ask, max_tokens=8) for ask in ASKS]
+    h.loop.start()
+    dones = h.channel.wait_done(runs)
+    assert all(dones[n].facts.tokens_out == 8 for n in runs)
+    n_prompt = sum(len(h.model.tokenize(CHAT.format(ask))) for ask in ASKS)
+    # No step before the last prompt's end holds fewer than 4 tokens (the last chunk of a
+    # prompt may), so the four prompts take about a quarter of their tokens in steps.
+    assert spy.sizes[0] == 4 and max(spy.sizes) <= 8, spy.sizes
+    assert sum(spy.sizes) >= n_prompt and len(spy.sizes) <= n_prompt // 4 + 8 + 8, (n_prompt, spy.sizes)
+    h.check_every_run()
+
+
+def test_runs_that_start_together_share_the_prompt_tokens_and_reach_their_first_tokens_together(
+    harness, monkeypatch
+):
+    """WO-SLOT-8: four runs with prompts of one length, started at once, take a quarter of each
+    step's prompt tokens each: every step holds all four until their prompts end in the same
+    step, and each run's first token comes before any run's second."""
+    h = harness(parallel=4, chunk=64, step_tokens=4, start=False)
+    spy = DecodeSpy(monkeypatch, 0, lambda: None)
+    runs = [h.submit(ask, max_tokens=6, length=48) for ask in ASKS]
+    h.loop.start()
+    dones = h.channel.wait_done(runs)
+    assert all(dones[n].facts.tokens_out == 6 for n in runs)
+    assert spy.sizes == [4] * (48 + 5), spy.sizes  # 12 steps of 4 × 4 prompt tokens, then 5 of 4 tokens
+    order = [m[0] for m in h.channel.messages if isinstance(m, tuple)]
+    assert sorted(order[:4]) == runs, order
+    h.check_every_run()
+
+
 def test_a_lone_prompt_chunk_gives_way_to_a_run_that_arrives(harness, monkeypatch):
     """WO-SLOT-8: a run that arrives while another's prompt goes alone in whole chunks stops
-    that chunk's graph: the newcomer takes its slot at once, the fewest prompt tokens left go
-    first, and the long prompt goes on beside it in steps of `step_tokens`."""
+    that chunk's graph: the newcomer takes its slot at once, the two prompts share the steps
+    of `step_tokens` (the short one takes no more than it needs), and the short prompt's
+    first token comes first."""
     h = harness(parallel=2, chunk=128, step_tokens=4, start=False)
     long = h.submit(LONG_ASK, max_tokens=4)
     came: list[int] = []

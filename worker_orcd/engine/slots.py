@@ -4,11 +4,11 @@ One context holds N sequences, one per slot, in a unified KV cache of N × n_ctx
 cells: each run may use the configured n_ctx (prompt + max_tokens must fit in
 it), and together they never need more than the cache holds. Each step is one
 `llama_decode` of one batch: the next token of every decoding run, then prompt
-chunks of the runs still evaluating their prompt, the fewest tokens left first
-(ties: the oldest), up to `step_tokens` (the largest step whose decode took at
-most the stop budget at start); a run alone takes whole prefill chunks, which
-give way to a run that arrives meanwhile. Logits are asked for only where a token is
-sampled: a decoding run's token, the last token of a prompt. Each run samples
+chunks of the runs still evaluating their prompt, shared equally among them, up
+to `step_tokens` (the largest step whose decode took at most the stop budget at
+start, and at least one token per slot); a run alone takes whole prefill chunks,
+which give way to a run that arrives meanwhile. Logits are asked for only where
+a token is sampled: a decoding run's token, the last token of a prompt. Each run samples
 from its own index in the batch with its own sampler chain, and keeps its own
 StopMatcher and Utf8Assembler.
 
@@ -74,6 +74,23 @@ def _decodes(ctx: int, batch: object) -> int:
 
 def _prompt_left(job: _Job) -> int:
     return job.n_prompt - job.done
+
+
+def _shares(budget: int, left: list[int]) -> list[int]:
+    """A step's `budget` of prompt tokens shared equally by the starting runs, each with
+    `left` tokens to go: one that needs less than its share takes what it needs and the rest
+    goes to the others, the fewest left served first (ties: the oldest, as listed). Runs
+    that start together so reach their first tokens together (none decodes beside the
+    others' prompts, ahead of them), and a short prompt beside a long one is not held for
+    all of it."""
+    shares = [0] * len(left)
+    waiting = len(left)
+    for i in sorted(range(len(left)), key=left.__getitem__):
+        share = min(left[i], -(-budget // waiting))
+        shares[i] = share
+        budget -= share
+        waiting -= 1
+    return shares
 
 
 class _Job:
@@ -156,9 +173,9 @@ class BatchLoop:
     ) -> None:
         """`settings.n_ctx` is one run's context; the loop's context holds `parallel` of them.
         `prefill_chunk`: the prompt tokens of a step that holds one run alone (a cancel stops
-        it mid-graph); `step_tokens` (default: the chunk): the most tokens of a step that holds
-        several, which a cancel of one of them waits for (`step_measured_ms`: what sized it, for
-        /health). `cells_offset`: where, past a run's
+        it mid-graph); `step_tokens` (default: the chunk): the most tokens within the budget of
+        a step that holds several, which a cancel of one of them waits for (`step_measured_ms`:
+        what sized it, for /health); the loop's step is never smaller than `parallel`. `cells_offset`: where, past a run's
         word, the board keeps the count of its cells (0: the board has none)."""
         if parallel < 1:
             raise ValueError(f"parallel: expected at least 1, got {parallel}")
@@ -168,7 +185,11 @@ class BatchLoop:
         self.n_ctx = settings.n_ctx
         self.prefill_chunk = prefill_chunk
         self.cells_offset = cells_offset
-        self.step_tokens = min(step_tokens or prefill_chunk, prefill_chunk)
+        self.step_within_budget = min(step_tokens or prefill_chunk, prefill_chunk)
+        # Never below one token per slot: a step of N decoding runs holds N tokens whatever the
+        # budget, so a smaller size would only slow the starts, never shorten a cancel's wait
+        # at full load.
+        self.step_tokens = max(self.step_within_budget, parallel)
         self.step_measured_ms = step_measured_ms
         # A step's prompt tokens are at least its decoding runs' tokens (see _step).
         self.capacity = max(prefill_chunk, 2 * parallel)
@@ -256,6 +277,7 @@ class BatchLoop:
             "kv_cells_total": self.n_ctx * self.parallel,
             "kv_unified": True,
             "step_tokens": self.step_tokens,
+            "step_within_budget": self.step_within_budget,
             "step_measured_ms": self.step_measured_ms,
         }
 
@@ -402,12 +424,9 @@ class BatchLoop:
         budget = self.prefill_chunk if lone else max(self.step_tokens - n, n, 1)
         prompt_left = 0
         starting = [job for job in active if job.prompting]
-        if len(starting) > 1:  # the fewest prompt tokens left first: a short prompt never waits out a long one
-            starting.sort(key=_prompt_left)
-        for job in starting:
-            if budget == 0:
-                break
-            k = min(budget, job.n_prompt - job.done)
+        for job, k in zip(starting, _shares(budget, [_prompt_left(job) for job in starting]), strict=True):
+            if k == 0:
+                continue
             at = job.done
             ctypes.memmove(ctypes.addressof(tokens) + n * _TOKEN, job.prompt_addr + at * _TOKEN, k * _TOKEN)
             ctypes.memmove(ctypes.addressof(pos) + n * _POS, ctypes.addressof(self._positions) + at * _POS, k * _POS)
@@ -416,7 +435,6 @@ class BatchLoop:
             job.done = job.n_past = at + k
             prompt_left += job.n_prompt - job.done
             n += k
-            budget -= k
             if job.prompting:
                 job.sample_at = -1
             else:  # the prompt's last token: the run's first token is sampled from it
