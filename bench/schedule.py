@@ -7,12 +7,12 @@ each, as `ignore_eos`, greedy) in one batch loop at `--parallel` = streams, in
 this process on the real model: no HTTP, no front, so only the schedule differs.
 Each round runs one of these, in turn, so the machine's drift falls on all alike:
 
-- `shared`: the engine as it is (each step's prompt tokens shared equally by the
-  starting runs, a step at least one token per slot);
-- `fewest-first`: the starting run with the fewest prompt tokens left takes the
-  whole step first (the rule before the sharing), at the same step size;
-- `fewest-first-step2`: that rule at a step of 2 tokens, what the engine chose on
-  a start whose 4-token decode measured over the budget (before the floor).
+- `shared`: the engine's rule (each step's prompt tokens shared equally by the
+  starting runs) at a step of one token per slot;
+- `shared-step2`: the same at a step of 2 tokens, what the engine chooses where a
+  4-token decode takes longer than the stop budget (this project's 2-core CPU);
+- `fewest-first`, `fewest-first-step2`: the rule before the sharing (the starting
+  run with the fewest prompt tokens left takes the whole step first), at each size.
 
 Reported per mode: aggregate tokens/s (median over its rounds, and each round's
 ratio to the `shared` round before it), the time to the last first token.
@@ -40,7 +40,7 @@ from worker_orcd.engine.model import Model
 from worker_orcd.engine.threads import Threads
 
 TOKENS = 129
-MODES = ("shared", "fewest-first", "fewest-first-step2")
+MODES = ("shared", "shared-step2", "fewest-first", "fewest-first-step2")
 
 
 def fewest_first(budget: int, left: list[int]) -> list[int]:
@@ -103,8 +103,8 @@ def main() -> None:
     try:
         for r in range(len(MODES) * args.rounds + 1):
             mode = MODES[(r - 1) % len(MODES)] if r else "warm-up"
-            slots._shares = shared if mode in ("shared", "warm-up") else fewest_first
-            loop.step_tokens = 2 if mode == "fewest-first-step2" else floor  # the loop is idle here
+            slots._shares = fewest_first if mode.startswith("fewest-first") else shared
+            loop.step_tokens = 2 if mode.endswith("-step2") else floor  # the loop is idle here
             runs = []
             began = time.perf_counter()
             for _ in range(args.streams):

@@ -588,6 +588,7 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
         "cancel_requests_sent": sum(r.cancels_sent for r in runs),
         "tokens_streamed": sum(r.tokens_seen for r in runs),
         "parallel": idle_health.get("parallel"),
+        "batch": idle_health.get("batch"),  # the step size the engine chose at start, with slots
         "kv_cells_at_end": kv_cells_end,
         "violations": violations,
         "ok": ok,

@@ -304,7 +304,4 @@ def _slot_view(slot: int, job: Job, cells: int | None) -> dict[str, Any]:
 
 
 def _batch_view(slots: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: slots[name]
-        for name in ("kv_cells_total", "kv_unified", "step_tokens", "step_within_budget", "step_measured_ms")
-    }
+    return {name: slots[name] for name in ("kv_cells_total", "kv_unified", "step_tokens", "step_measured_ms")}

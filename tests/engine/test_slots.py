@@ -367,25 +367,6 @@ def test_a_step_beside_others_holds_step_tokens_and_a_lone_prompt_whole_chunks(h
     assert spy.sizes[0] == 64, spy.sizes
 
 
-def test_a_step_holds_at_least_one_token_per_slot(harness, monkeypatch):
-    """WO-SLOT-8: where fewer tokens than slots fit the budget (`step_tokens` 2 at 4 slots),
-    the step is one token per slot: runs that start together share steps of 4 prompt tokens,
-    and every step of 4 decoding runs holds their 4 tokens."""
-    h = harness(parallel=4, chunk=64, step_tokens=2, start=False)
-    assert h.loop.step_tokens == 4 and h.loop.health()["step_within_budget"] == 2
-    spy = DecodeSpy(monkeypatch, 0, lambda: None)
-    runs = [h.submit(ask, max_tokens=8) for ask in ASKS]
-    h.loop.start()
-    dones = h.channel.wait_done(runs)
-    assert all(dones[n].facts.tokens_out == 8 for n in runs)
-    n_prompt = sum(len(h.model.tokenize(CHAT.format(ask))) for ask in ASKS)
-    # No step before the last prompt's end holds fewer than 4 tokens (the last chunk of a
-    # prompt may), so the four prompts take about a quarter of their tokens in steps.
-    assert spy.sizes[0] == 4 and max(spy.sizes) <= 8, spy.sizes
-    assert sum(spy.sizes) >= n_prompt and len(spy.sizes) <= n_prompt // 4 + 8 + 8, (n_prompt, spy.sizes)
-    h.check_every_run()
-
-
 def test_runs_that_start_together_share_the_prompt_tokens_and_reach_their_first_tokens_together(
     harness, monkeypatch
 ):

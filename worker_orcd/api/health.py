@@ -125,14 +125,10 @@ class Batch(_Record):
     kv_unified: bool = Field(description="One KV cache for every sequence (llama.cpp's `kv_unified`).")
     step_tokens: Positive = Field(
         description="The most tokens of a step that holds several jobs, which a cancel of one of them waits for: "
-        "`step_within_budget`, or one token per slot where that is more (a step of N decoding jobs holds N "
-        "tokens whatever the budget). A step's prompt tokens are never fewer than its decoding jobs' tokens, "
-        "so on a machine where those alone take longer a step may too; a job alone in the batch takes whole "
-        "prefill chunks, stopped mid-graph (WO-SLOT-8)."
-    )
-    step_within_budget: Positive = Field(
-        description="The largest batch whose whole decode took at most `--stop-budget-ms` at start (at most the "
-        "prefill chunk)."
+        "the largest whose whole decode took at most `--stop-budget-ms` at start (at most the prefill chunk). "
+        "A step's prompt tokens are never fewer than its decoding jobs' tokens, so on a machine where those alone "
+        "take longer a step may too; a job alone in the batch takes whole prefill chunks, stopped mid-graph "
+        "(WO-SLOT-8)."
     )
     step_measured_ms: dict[str, float] | None = Field(
         description="Tokens → the milliseconds their whole decode took when `step_tokens` was chosen; null if not "

@@ -6,10 +6,9 @@ it), and together they never need more than the cache holds. Each step is one
 `llama_decode` of one batch: the next token of every decoding run, then prompt
 chunks of the runs still evaluating their prompt, shared equally among them, up
 to `step_tokens` (the largest step whose decode took at most the stop budget at
-start, and at least one token per slot); a run alone takes whole prefill chunks,
-which give way to a run that arrives meanwhile. Logits are asked for only where
-a token is sampled: a decoding run's token, the last token of a prompt. Each run samples
-from its own index in the batch with its own sampler chain, and keeps its own
+start); a run alone takes whole prefill chunks, which give way to a run that
+arrives meanwhile. Logits are asked for only where a token is sampled: a
+decoding run's token, the last token of a prompt. Each run samples from its own index in the batch with its own sampler chain, and keeps its own
 StopMatcher and Utf8Assembler.
 
 Cancel: each run's word is read before every step; a raised one leaves the
@@ -173,9 +172,9 @@ class BatchLoop:
     ) -> None:
         """`settings.n_ctx` is one run's context; the loop's context holds `parallel` of them.
         `prefill_chunk`: the prompt tokens of a step that holds one run alone (a cancel stops
-        it mid-graph); `step_tokens` (default: the chunk): the most tokens within the budget of
-        a step that holds several, which a cancel of one of them waits for (`step_measured_ms`:
-        what sized it, for /health); the loop's step is never smaller than `parallel`. `cells_offset`: where, past a run's
+        it mid-graph); `step_tokens` (default: the chunk): the most tokens of a step that holds
+        several, which a cancel of one of them waits for (`step_measured_ms`: what sized it, for
+        /health). `cells_offset`: where, past a run's
         word, the board keeps the count of its cells (0: the board has none)."""
         if parallel < 1:
             raise ValueError(f"parallel: expected at least 1, got {parallel}")
@@ -185,11 +184,7 @@ class BatchLoop:
         self.n_ctx = settings.n_ctx
         self.prefill_chunk = prefill_chunk
         self.cells_offset = cells_offset
-        self.step_within_budget = min(step_tokens or prefill_chunk, prefill_chunk)
-        # Never below one token per slot: a step of N decoding runs holds N tokens whatever the
-        # budget, so a smaller size would only slow the starts, never shorten a cancel's wait
-        # at full load.
-        self.step_tokens = max(self.step_within_budget, parallel)
+        self.step_tokens = min(step_tokens or prefill_chunk, prefill_chunk)
         self.step_measured_ms = step_measured_ms
         # A step's prompt tokens are at least its decoding runs' tokens (see _step).
         self.capacity = max(prefill_chunk, 2 * parallel)
@@ -277,7 +272,6 @@ class BatchLoop:
             "kv_cells_total": self.n_ctx * self.parallel,
             "kv_unified": True,
             "step_tokens": self.step_tokens,
-            "step_within_budget": self.step_within_budget,
             "step_measured_ms": self.step_measured_ms,
         }
 
