@@ -8,8 +8,9 @@ chunks of the runs still evaluating their prompt, shared equally among them, up
 to `step_tokens` (the largest step whose decode took at most the stop budget at
 start); a run alone takes whole prefill chunks, which give way to a run that
 arrives meanwhile. Logits are asked for only where a token is sampled: a
-decoding run's token, the last token of a prompt. Each run samples from its own index in the batch with its own sampler chain, and keeps its own
-StopMatcher and Utf8Assembler.
+decoding run's token, the last token of a prompt. Each run samples from its own
+index in the batch with its own sampler chain, and keeps its own StopMatcher
+and Utf8Assembler.
 
 Cancel: each run's word is read before every step; a raised one leaves the
 batch, its cells are removed from the cache and checked gone, then `stopped`
