@@ -275,6 +275,7 @@ class Scene:
 
     client: WorkerClient
     neighbour_tokens: int
+    victim_tokens: int
 
     def neighbours(self, k: int, tag: int) -> list[Any]:
         jobs = [self.client.open_job(story(tag + i), self.neighbour_tokens) for i in range(k)]
@@ -316,7 +317,7 @@ def _steady_gaps(streams: list[list[float]], t_from: float | None = None, t_to: 
 
 
 def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Random, log) -> dict[str, Any]:
-    scene = Scene(client, neighbour_tokens=96)
+    scene = Scene(client, neighbour_tokens=96, victim_tokens=256)
     tag = 5000
     out: dict[str, Any] = {}
     for hit in ("decode", "prompt"):
@@ -329,8 +330,12 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
             cancel = kind == "cancel"
             if hit == "decode":
                 # Four jobs together; once all four stream, the first is cancelled after a few
-                # more of its tokens, just as one arrives.
-                victim, *others = scene.neighbours(4, tag)
+                # more of its tokens, just as one arrives. It is sent first and decodes while
+                # the others' prompts go in beside it (at one-token steps, 58 steps for three
+                # 29-token prompts), so it asks for more tokens than they do and still streams
+                # when they all do.
+                victim = client.open_job(story(tag), scene.victim_tokens)
+                others = scene.neighbours(3, tag + 1)
                 if cancel:
                     for job in others:
                         client.read_tokens(job, 1)
@@ -346,8 +351,8 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
             if not cancel:
                 v_times, _, _ = scene.drain(victim)
                 streams = [scene.drain(job)[0] for job in others]
-                if hit == "decode":
-                    baseline_gaps += _steady_gaps([*streams, v_times])
+                if hit == "decode":  # the victim's gaps while its neighbours stream
+                    baseline_gaps += _steady_gaps([*streams, v_times], t_to=max(t[-1] for t in streams))
                 elif v_times:  # the neighbours' gaps while the long prompt was evaluated
                     baseline_gaps += _steady_gaps(streams, victim.sent_at, v_times[0])
                 continue

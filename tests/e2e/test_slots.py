@@ -158,8 +158,9 @@ def test_a_short_job_beside_a_long_prompt_alone_ends_before_its_first_token(http
 
 def test_jobs_past_the_slots_queue_and_a_queued_cancel_never_runs(http, slotted):
     streams = [StreamThread(slotted, story(f"q{i}", 32)).start() for i in range(SLOTS + 2)]
-    # Two wait in the queue while four run.
-    wait_until(lambda: http.get("/health").json()["queue_depth"] == 2, timeout=60)
+    # Two wait in the queue while four run. Read together, in one /health: a queue of two
+    # alone can be two that have arrived before the slots took them, with one still to come.
+    wait_until(lambda: (h := http.get("/health").json())["queue_depth"] == 2 and h["slots_busy"] == SLOTS, timeout=60)
     queued = [s for s in streams if job_of(http, s.job_id)["state"] == "queued"]
     assert len(queued) == 2 and busy_slots(http) == SLOTS
     cancel(http, queued[0].job_id)

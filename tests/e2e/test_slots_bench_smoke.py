@@ -34,3 +34,21 @@ def test_slots_bench_quick_report_and_picture(tmp_path):
     same = report["same_answers"]
     assert same["answers"] == 8 and same["alone_twice_same"] == 8  # alone, greedy is repeatable
     assert picture.stat().st_size > 10_000 and picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_slots_bench_cancels_hold_at_one_token_steps(tmp_path):
+    """A worker whose stop budget allows one token a step (a slow CPU's default): the job to
+    cancel decodes while its neighbours' prompts go in beside it, one token a step, and must
+    still be streaming once they all stream."""
+    out = tmp_path / "slots.json"
+    cmd = [sys.executable, "-m", "bench.slots", "--quick", "--no-peer", "--no-llama-server", "--parallel", ""]
+    cmd += ["--worker", "worker-p4=--parallel 4 --stop-budget-ms 1", "--threads", "1", "--parts", "cancel"]
+    cmd += ["--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=CHECKOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["workers"]["worker-p4"]["batch"]["step_tokens"] == 1
+    for hit in ("decode", "prompt"):
+        cancel = report["cancel_one_of_4"][hit]
+        assert cancel["all_cancelled"] and cancel["neighbours_all_finished"], cancel
+        assert cancel["samples"] + cancel["landed_elsewhere"] == 1
