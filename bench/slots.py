@@ -47,6 +47,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import httpx
@@ -219,11 +220,13 @@ class Load:
         }
 
 
-def throughput(sides: list[Side], rounds: int, max_tokens: int, log) -> dict[str, Any]:
+def throughput(
+    sides: list[Side], rounds: int, max_tokens: int, log, concurrency: tuple[int, ...] = STREAMS
+) -> dict[str, Any]:
     prompts = Prompts()
-    loads = {(s.name, n): Load() for s in sides for n in STREAMS}
+    loads = {(s.name, n): Load() for s in sides for n in concurrency}
     for r in range(rounds):
-        for j, n in enumerate(STREAMS):
+        for j, n in enumerate(concurrency):
             turn = (r + j) % len(sides)
             for side in sides[turn:] + sides[:turn]:
                 before, proc_before = side.cpu.sample(), process_cpu_ns(side.server.pid)
@@ -241,23 +244,39 @@ def throughput(sides: list[Side], rounds: int, max_tokens: int, log) -> dict[str
                 )
     out: dict[str, Any] = {}
     for side in sides:
-        out[side.name] = {str(n): loads[(side.name, n)].report() for n in STREAMS}
+        out[side.name] = {str(n): loads[(side.name, n)].report() for n in concurrency}
     return out
 
 
+TARGETS = {
+    "worker_p4_over_worker_p1_at_4": ("worker-p4", "worker-p1", 4),
+    "worker_p4_over_llama_server_np4_at_4": ("worker-p4", "llama-server-np4", 4),
+    "worker_p8_over_worker_p1_at_8": ("worker-p8", "worker-p1", 8),
+    "worker_p8_over_llama_server_np8_at_8": ("worker-p8", "llama-server-np8", 8),
+}
+
+
 def targets(result: dict[str, Any]) -> dict[str, Any]:
-    """The issue's two targets at four streams, where the sides ran."""
+    """The issue's two targets at four streams (and the same at eight), where the sides
+    ran: the ratio of the aggregates over all rounds, and under `paired` the median of
+    each round's ratio. The sides of a round run one after another, so a round's ratio
+    is taken at one speed of the machine, which drifts within a run."""
 
-    def agg(side: str, n: int = 4) -> float | None:
-        return (result.get(side) or {}).get(str(n), {}).get("aggregate_tokens_per_s")
+    def load(side: str, n: int) -> dict[str, Any]:
+        return (result.get(side) or {}).get(str(n), {})
 
-    slots = agg("worker-p4")
-    return {
-        "worker_p4_over_worker_p1_at_4": ratio(slots, agg("worker-p1")),
-        "worker_p4_over_llama_server_np4_at_4": ratio(slots, agg("llama-server-np4")),
-        "worker_p8_over_worker_p1_at_8": ratio(agg("worker-p8", 8), agg("worker-p1", 8)),
-        "worker_p8_over_llama_server_np8_at_8": ratio(agg("worker-p8", 8), agg("llama-server-np8", 8)),
-    }
+    out: dict[str, Any] = {}
+    paired: dict[str, Any] = {}
+    for name, (top, bottom, n) in TARGETS.items():
+        a, b = load(top, n), load(bottom, n)
+        out[name] = ratio(a.get("aggregate_tokens_per_s"), b.get("aggregate_tokens_per_s"))
+        rounds = zip(
+            a.get("aggregate_tokens_per_s_rounds", []), b.get("aggregate_tokens_per_s_rounds", []), strict=False
+        )
+        each = [x / y for x, y in rounds if y]
+        paired[name] = {"median": round(median(each), 3), "rounds": [round(x, 3) for x in each]} if each else None
+    out["paired"] = paired
+    return out
 
 
 # -- cancels inside a batch ---------------------------------------------------------------
@@ -516,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-llama-server", dest="llama_server", action="store_const", const=None)
     p.add_argument("--np", default="1,4,8", help="llama-server's slot counts, one server each")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--streams", default=",".join(map(str, STREAMS)), help="the concurrent streams of the throughput part"
+    )
     p.add_argument("--max-tokens", type=int, default=129)
     p.add_argument("--cancels", type=int, default=20, help="cancels per kind (decode, prompt)")
     p.add_argument("--baselines", type=int, default=8, help="rounds without a cancel per kind")
@@ -527,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.parallel = [int(x) for x in args.parallel.split(",") if x]
     args.np = [int(x) for x in args.np.split(",") if x]
+    args.streams = tuple(int(x) for x in args.streams.split(",") if x)
     parts = set(args.parts.split(","))
     if args.quick:
         args.rounds, args.max_tokens, args.cancels, args.baselines = 1, 8, 1, 1
@@ -542,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_ctx": args.n_ctx,
             "max_tokens": args.max_tokens,
             "rounds": args.rounds,
-            "streams": list(STREAMS),
+            "streams": list(args.streams),
             "prompt": "numbered story prompt, 29 tokens, ignore_eos, greedy",
             "model": Path(model).name,
         },
@@ -564,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.llama_server is not None:
             report["llama_server"] = describe_llama_server(args.llama_server)
         if "throughput" in parts:
-            report["throughput"] = throughput(sides, args.rounds, args.max_tokens, log)
+            report["throughput"] = throughput(sides, args.rounds, args.max_tokens, log, args.streams)
             report["targets"] = targets(report["throughput"])
         p4 = next((s for s in sides if s.name == "worker-p4"), None)
         if p4 is not None and "cancel" in parts:
@@ -590,10 +613,11 @@ def print_summary(report: dict[str, Any], out=sys.stdout) -> None:
     w = lambda *a: print(*a, file=out)  # noqa: E731
     tp = report.get("throughput") or {}
     if tp:
-        w(f"{'server':18s} " + " ".join(f"{n:>5d} str tok/s  itl p50/p99 ms" for n in STREAMS))
+        streams = report["settings"]["streams"]
+        w(f"{'server':18s} " + " ".join(f"{n:>5d} str tok/s  itl p50/p99 ms" for n in streams))
         for side, loads in tp.items():
             cells = []
-            for n in STREAMS:
+            for n in streams:
                 load = loads[str(n)]
                 itl = load["itl_ms"]
                 cells.append(f"{load['aggregate_tokens_per_s']:15.1f}  {itl['p50']:6.1f}/{itl['p99']:6.1f}")

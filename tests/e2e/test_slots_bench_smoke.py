@@ -26,6 +26,8 @@ def test_slots_bench_quick_report_and_picture(tmp_path):
             assert load["tokens"] == int(n) * report["settings"]["max_tokens"], load  # ignore_eos: every token
             assert load["aggregate_tokens_per_s"] > 0 and load["itl_ms"]["n"] > 0
     assert report["targets"]["worker_p4_over_worker_p1_at_4"] is not None
+    paired = report["targets"]["paired"]["worker_p4_over_worker_p1_at_4"]  # one round: its ratio is the median
+    assert len(paired["rounds"]) == 1 and paired["median"] == paired["rounds"][0] > 0
     for hit in ("decode", "prompt"):
         cancel = report["cancel_one_of_4"][hit]
         assert cancel["all_cancelled"] and cancel["neighbours_all_finished"], cancel
