@@ -295,8 +295,10 @@ class Probes:
 # -- the burst of executes -----------------------------------------------------------------
 
 
-def burst_job(url: str, job_id: str, prompt: str, max_tokens: int, cancel_after: float | None) -> dict[str, Any]:
-    result: dict[str, Any] = {"job_id": job_id, "cancel_after": cancel_after, "problems": []}
+def burst_job(
+    url: str, job_id: str, prompt: str, max_tokens: int, cancel_after: float | None, result: dict[str, Any]
+) -> dict[str, Any]:
+    result["cancel_after"] = cancel_after
     body = {"job_id": job_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
     with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as http:
         canceller = None
@@ -304,10 +306,14 @@ def burst_job(url: str, job_id: str, prompt: str, max_tokens: int, cancel_after:
 
             def cancel() -> None:
                 with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as c:
-                    result["cancel_status"] = c.post("/cancel", json={"job_id": job_id}).status_code
+                    try:
+                        result["cancel_status"] = c.post("/cancel", json={"job_id": job_id}).status_code
+                    except Exception as exc:
+                        result["problems"].append(f"client at cancel: {exc!r}")
 
             canceller = threading.Timer(cancel_after, cancel)
             canceller.start()
+        result["stage"] = "execute"
         with http.stream("POST", "/execute", json=body) as r:
             result["status"] = r.status_code
             if r.status_code != 200:
@@ -317,6 +323,7 @@ def burst_job(url: str, job_id: str, prompt: str, max_tokens: int, cancel_after:
                 result["events"] = [(e.name, e.data) for e in iter_events(r.iter_bytes())]
         if canceller is not None:
             canceller.join()
+        result["stage"] = "record"
         if result["status"] == 200:
             result["record"] = http.get(f"/jobs/{job_id}").json()
     return result
@@ -365,10 +372,11 @@ def run_burst(url: str, cfg: FrontLoadConfig, rng: random.Random) -> list[dict[s
     def one(i: int) -> None:
         job_id, cancel_after = plans[i]
         start.wait()
+        results[i] = {"job_id": job_id, "problems": []}
         try:
-            results[i] = burst_job(url, job_id, story(i), cfg.max_tokens, cancel_after)
+            results[i] = burst_job(url, job_id, story(i), cfg.max_tokens, cancel_after, results[i])
         except Exception as exc:
-            results[i] = {"job_id": job_id, "problems": [f"client: {exc!r}"]}
+            results[i]["problems"].append(f"client at {results[i].get('stage')}: {exc!r}")
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(plans))]
     for t in threads:
@@ -586,7 +594,7 @@ def burst_summary(burst: list[dict[str, Any]], violations: Counter[str], notes: 
     refusals: Counter[str] = Counter()
     for result in burst:
         problems = list(result.get("problems", []))
-        if result.get("status") == 200:
+        if result.get("status") == 200 and "record" in result:
             problems += stream_problems(result)
             name, data = result["events"][-1] if result["events"] else ("none", {})
             outcomes[name if name == "end" else f"{name} {data.get('code')}"] += 1

@@ -27,45 +27,81 @@ from worker_orcd.http.errors import RequestError
 from worker_orcd.http.openai.errors import OpenAIError
 from worker_orcd.http.openai.params import MAX_MESSAGES, parse_chat
 from worker_orcd.http.protocol import CANCEL_RESERVE, STALL_PROGRESS_BYTES, FrontLimits, protocol_class
+from worker_orcd.http.sockets import kernel_unread
 from worker_orcd.http.validation import LIST_LIMIT_MAX, parse_list_query, plain_decimal
 
 # -- the table ---------------------------------------------------------------------------
 
 
 class Conn:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, unread: bool = False) -> None:
         self.name = name
         self.evicted = False
+        self.unread = unread
 
     def evict(self) -> None:
         self.evicted = True
+
+    def has_unread(self) -> bool:
+        return self.unread
 
     def __repr__(self) -> str:
         return self.name
 
 
-def test_the_longest_half_sent_goes_first_then_idle_then_half_bodied():
-    table = ConnectionTable(cap=4, reserve=1)
-    a, b, c, d = (Conn(n) for n in "abcd")
-    for conn in (a, b, c, d):
-        assert table.admit(conn) is Admission.NORMAL
+def test_the_longest_half_sent_goes_first_then_silent_then_idle_then_half_bodied():
+    table = ConnectionTable(cap=5, reserve=1)
+    a, b, c, d, h = (Conn(n) for n in "abcdh")
+    for conn in (a, b, c, d, h):
+        assert table.admit(conn) is Admission.NORMAL  # each has sent nothing yet
     table.move(a, Phase.BODY)
     table.move(b, Phase.IDLE)
     table.move(c, Phase.BUSY)
-    # d has not sent a whole header: the first to go.
-    e = Conn("e")
-    assert table.admit(e) is Admission.NORMAL and d.evicted and table.phase_of(d) is None
-    # e (newest, half-sent) goes before b (idle) and a (body not whole).
-    f = Conn("f")
-    assert table.admit(f) is Admission.NORMAL and e.evicted
+    table.move(h, Phase.HEADER)
+    # h stopped inside its header: it goes before d, older but silent (as every new one is).
+    assert table.admit(e := Conn("e")) is Admission.NORMAL and h.evicted and table.phase_of(h) is None
+    assert table.admit(f := Conn("f")) is Admission.NORMAL and d.evicted  # then the silent, oldest first
     table.move(f, Phase.BUSY)
-    g = Conn("g")
-    assert table.admit(g) is Admission.NORMAL and b.evicted
+    # e (newest, silent) goes before b (idle) and a (body not whole).
+    assert table.admit(g := Conn("g")) is Admission.NORMAL and e.evicted
     table.move(g, Phase.BUSY)
-    h = Conn("h")
-    assert table.admit(h) is Admission.NORMAL and a.evicted
-    table.move(h, Phase.BUSY)
-    assert not c.evicted and table.evicted == 4 and len(table) == 4
+    assert table.admit(i := Conn("i")) is Admission.NORMAL and b.evicted
+    table.move(i, Phase.BUSY)
+    assert table.admit(j := Conn("j")) is Admission.NORMAL and a.evicted
+    table.move(j, Phase.BUSY)
+    assert not c.evicted and table.evicted == 5 and len(table) == 5
+
+
+def test_one_whose_bytes_wait_unread_goes_last():
+    """A connection the loop has not read yet (just come, or its next request just sent)
+    is passed over for any other candidate, of any phase; alone, it still makes room."""
+    table = ConnectionTable(cap=3, reserve=1)
+    fresh, idle, body = Conn("fresh", unread=True), Conn("idle", unread=True), Conn("body")
+    for conn in (fresh, idle, body):
+        assert table.admit(conn) is Admission.NORMAL
+    table.move(idle, Phase.IDLE)
+    table.move(body, Phase.BODY)
+    assert table.admit(d := Conn("d")) is Admission.NORMAL and body.evicted and not fresh.evicted
+    table.move(d, Phase.BUSY)
+    # Only unread ones left to take: the first in the order goes (the header phase's).
+    assert table.admit(Conn("e")) is Admission.NORMAL and fresh.evicted and not idle.evicted
+
+
+def test_the_kernel_says_what_a_connection_holds_unread():
+    """What the table asks of a real connection: the bytes its client sent that wait in the
+    worker's kernel (FIONREAD), none once they are read."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_side, _ = listener.accept()
+        with client, server_side:
+            transport = SimpleNamespace(get_extra_info=lambda name: server_side if name == "socket" else None)
+            assert kernel_unread(transport) == 0
+            sent = request("/health")
+            client.sendall(sent)
+            wait_until(lambda: kernel_unread(transport) == len(sent))
+            assert server_side.recv(1024) == sent
+            assert kernel_unread(transport) == 0
+    assert kernel_unread(SimpleNamespace(get_extra_info=lambda name: None)) == 0  # no socket: unknown
 
 
 def test_when_every_connection_is_answered_the_reserve_then_refusal():
@@ -270,6 +306,27 @@ def test_half_sent_connections_make_room_for_a_cancel():
         # The oldest half-sent one made room; its client is told why.
         status, headers, body = answer_of(read_to_end(half[0]))
         assert status == 503 and body["error"]["code"] == "WORKER_BUSY" and headers["retry-after"] == "1"
+
+
+def test_a_half_sent_header_makes_room_before_an_older_connection_that_sent_nothing_yet():
+    """A new connection has sent nothing for a moment; one that stopped inside its header
+    goes first, and the older, silent one is answered when its request comes."""
+    with front(StandIn(), cap=3) as port:
+        silent = connect(port)
+        half = connect(port, b"GET /health HTTP/1.1\r\nHo")
+        idle = connect(port, request("/health"))
+        idle.settimeout(5)
+        # The answer comes after the half header was read: it was there first.
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        newcomer = connect(port, request("/echo", "POST", b"newcomer"))
+        newcomer.settimeout(5)
+        assert b"newcomer" in newcomer.recv(65536)
+        status, _, body = answer_of(read_to_end(half))
+        assert status == 503 and body["error"]["code"] == "WORKER_BUSY"
+        silent.sendall(request("/echo", "POST", b"silent"))
+        silent.settimeout(5)
+        answer = silent.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200") and b"silent" in answer
 
 
 def test_past_a_cap_of_busy_connections_only_cancel_and_health_get_in():

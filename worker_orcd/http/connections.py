@@ -2,11 +2,18 @@
 
 Each connection is in one phase. When a new connection comes and `cap` are held,
 the one that has been longest in the first phase of EVICTION_ORDER that has any
-makes room: a connection that has not sent a whole request header (or nothing
-at all yet), then one idle between requests, then one whose body is not whole.
-One that is being answered is never taken. When none can go, the new connection
-may take one of `reserve` places kept for POST /cancel and GET /health; past
-those it is refused.
+makes room: a connection that has sent part of a request header and not the
+rest, then one that has sent nothing yet, then one idle between requests, then
+one whose body is not whole. One that is being answered is never taken.
+
+Part of a header before nothing at all: every client's new connection has sent
+nothing for a moment, and only a slow or hostile one stops inside a header. And
+one whose client's bytes wait unread in the kernel goes last: it has just come,
+or its client has just sent its next request, and the loop has not read it yet.
+Under a flood that replaces each connection the worker closes, a new connection
+otherwise soon becomes the one there longest, and is closed before its request
+is read. When none can go, the new connection may take one of `reserve` places
+kept for POST /cancel and GET /health; past those it is refused.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from typing import Protocol
 
 
 class Phase(Enum):
-    HEADER = "header"  # its request's header not whole (or nothing sent yet)
+    SILENT = "silent"  # nothing of a request sent yet (a new connection)
+    HEADER = "header"  # part of its request's header sent, not the rest
     BODY = "body"  # the header whole, the body not
     IDLE = "idle"  # between requests
     BUSY = "busy"  # a whole request being answered
 
 
-EVICTION_ORDER = (Phase.HEADER, Phase.IDLE, Phase.BODY)
+EVICTION_ORDER = (Phase.HEADER, Phase.SILENT, Phase.IDLE, Phase.BODY)
 
 
 class Admission(Enum):
@@ -35,6 +43,9 @@ class Admission(Enum):
 class Member(Hashable, Protocol):
     def evict(self) -> None:
         """Close at once: the table has already let go of it."""
+
+    def has_unread(self) -> bool:
+        """Its client's bytes wait in the kernel, not read yet."""
 
 
 class ConnectionTable:
@@ -52,7 +63,7 @@ class ConnectionTable:
     def __len__(self) -> int:
         return len(self._phase_of)
 
-    def admit(self, member: Member, phase: Phase = Phase.HEADER) -> Admission:
+    def admit(self, member: Member, phase: Phase = Phase.SILENT) -> Admission:
         if len(self._phase_of) - self._reserved < self.cap:
             in_reserve = False
         elif (victim := self._oldest_evictable()) is not None:
@@ -96,9 +107,12 @@ class ConnectionTable:
     def _oldest_evictable(self) -> Member | None:
         # A place of the main pool first: the newcomer then gets a main place. The reserve
         # is small, so skipping its members costs little.
+        unread: Member | None = None  # the first candidate that has unread bytes
         for want_reserve in (False, True):
             for phase in EVICTION_ORDER:
                 for member in self._phases[phase]:
                     if self._in_reserve[member] is want_reserve:
-                        return member
-        return None
+                        if not member.has_unread():
+                            return member
+                        unread = unread or member
+        return unread

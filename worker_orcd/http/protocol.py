@@ -38,7 +38,7 @@ from worker_orcd.http.accept import RETRY_AFTER_SEC
 from worker_orcd.http.connections import Admission, ConnectionTable, Phase
 from worker_orcd.http.correlation import correlation_id_from
 from worker_orcd.http.errors import CORRELATION_HEADER, HTTP_STATUS, error_body
-from worker_orcd.http.sockets import bound_buffers, connection_cap, kernel_unsent, reset_on_close
+from worker_orcd.http.sockets import bound_buffers, connection_cap, kernel_unread, kernel_unsent, reset_on_close
 from worker_orcd.log import log_event
 
 CANCEL_RESERVE = 16  # places past the cap, for POST /cancel and GET /health only
@@ -123,11 +123,10 @@ class FrontProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.phase = Phase.HEADER
+        self.phase = Phase.SILENT
         self.read_deadline: TimerHandle | None = None
         self.stall: TimerHandle | None = None
         self.stall_unsent = 0  # unsent bytes when the stall timer was armed
-        self.request_sent_bytes = False  # bytes of the request being read have come
         self.reading = False  # a request (a pipelined one too) has begun and is not whole
         self.refused = False
         self.in_reserve = False
@@ -153,8 +152,8 @@ class FrontProtocol(HttpToolsProtocol):
         if self.phase is Phase.IDLE:
             self._enter(Phase.HEADER)
             self._arm_read_deadline()
-        if self.phase is Phase.HEADER:
-            self.request_sent_bytes = True
+        elif self.phase is Phase.SILENT:
+            self._enter(Phase.HEADER)  # its deadline runs from its coming
         super().data_received(data)
 
     # -- the parser's callbacks: the request's phases ------------------------------------
@@ -193,7 +192,6 @@ class FrontProtocol(HttpToolsProtocol):
                 self._arm_read_deadline()
         elif self.reading:  # the next request has begun; its header is not whole yet
             self._enter(Phase.HEADER)
-            self.request_sent_bytes = True
             self._arm_read_deadline()
         else:
             self._enter(Phase.IDLE)
@@ -257,6 +255,9 @@ class FrontProtocol(HttpToolsProtocol):
 
     # -- ending a connection that has not sent its request ---------------------------------
 
+    def has_unread(self) -> bool:
+        return kernel_unread(self.transport) > 0
+
     def evict(self) -> None:
         """Called by the table: a new connection needs this one's place."""
         self._end_unsent(
@@ -275,9 +276,7 @@ class FrontProtocol(HttpToolsProtocol):
     def _end_unsent(self, code: ErrorCode, message: str) -> None:
         """Close, answering first when the client has asked something and no answer has begun."""
         cycle = self.cycle if self.phase is Phase.BODY else None  # the request being read's own
-        if (self.phase is Phase.HEADER and self.request_sent_bytes) or (
-            cycle is not None and not cycle.response_started
-        ):
+        if self.phase is Phase.HEADER or (cycle is not None and not cycle.response_started):
             headers = cycle.scope["headers"] if cycle is not None else ()
             self._write_error(code, message, retry=code is ErrorCode.WORKER_BUSY, headers=headers)
         if cycle is not None and not cycle.response_complete:
@@ -307,8 +306,6 @@ class FrontProtocol(HttpToolsProtocol):
     def _enter(self, phase: Phase) -> None:
         self.phase = phase
         self.table.move(self, phase)
-        if phase is Phase.HEADER:
-            self.request_sent_bytes = False
 
     def _arm_read_deadline(self) -> None:
         self._disarm_read_deadline()

@@ -61,11 +61,21 @@ def bound_buffers(transport: Transport) -> None:
 
 def kernel_unsent(transport: Transport) -> int:
     """Bytes in the kernel's send queue not yet acknowledged by the client (0 if unknown)."""
+    return _queued(transport, termios.TIOCOUTQ)
+
+
+def kernel_unread(transport: Transport) -> int:
+    """Bytes the client has sent that the kernel holds and the front has not read yet
+    (0 if unknown)."""
+    return _queued(transport, termios.FIONREAD)
+
+
+def _queued(transport: Transport, request: int) -> int:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return 0
     try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
     except OSError:
         return 0
 
