@@ -297,7 +297,8 @@ class Probes:
 
 def burst_job(
     url: str, job_id: str, prompt: str, max_tokens: int, cancel_after: float | None, result: dict[str, Any]
-) -> dict[str, Any]:
+) -> None:
+    """Into `result` as it goes: what a client that fails part-way had is kept."""
     result["cancel_after"] = cancel_after
     body = {"job_id": job_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
     with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as http:
@@ -326,7 +327,6 @@ def burst_job(
         result["stage"] = "record"
         if result["status"] == 200:
             result["record"] = http.get(f"/jobs/{job_id}").json()
-    return result
 
 
 def refusal_problems(r: httpx.Response, problems: list[str]) -> str | None:
@@ -372,11 +372,11 @@ def run_burst(url: str, cfg: FrontLoadConfig, rng: random.Random) -> list[dict[s
     def one(i: int) -> None:
         job_id, cancel_after = plans[i]
         start.wait()
-        results[i] = {"job_id": job_id, "problems": []}
+        result = results[i] = {"job_id": job_id, "problems": []}
         try:
-            results[i] = burst_job(url, job_id, story(i), cfg.max_tokens, cancel_after, results[i])
+            burst_job(url, job_id, story(i), cfg.max_tokens, cancel_after, result)
         except Exception as exc:
-            results[i]["problems"].append(f"client at {results[i].get('stage')}: {exc!r}")
+            result["problems"].append(f"client at {result.get('stage')}: {exc!r}")
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(plans))]
     for t in threads:
