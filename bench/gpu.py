@@ -17,7 +17,10 @@
    cached): one worker, with every layer offloaded; the benchmark harness
    (`python -m bench --url …`) for streaming tokens/s against the bare loop at the
    same offload, idle time to first token, cancels during decode and during a
-   ~4,000-token prompt; then VRAM read by NVML around each of a few cancels (idle,
+   ~4,000-token prompt; the slots (`python -m bench.slots`: workers at `--parallel 1`
+   and 4 on the same device, aggregate tokens/s at 1 and 4 streams, one of four jobs
+   cancelled in its decode and in its prompt, its cells checked gone at CANCELLED;
+   `--no-slots` skips them); then VRAM read by NVML around each of a few cancels (idle,
    during, at the CANCELLED event), and forced cancels (the engine hung in C by
    the test-only fault, killed at the deadline).
 4. One JSON report and a markdown summary (printed too).
@@ -86,6 +89,13 @@ class Plan:
     harness_s: float
     vram_s: float
     forced_s: float
+    # Slots: a worker at --parallel 1 beside one at --parallel 4 (bench.slots).
+    slots_streams: tuple[int, ...]
+    slots_rounds: int
+    slots_max_tokens: int
+    slots_cancels: int  # per kind (decode, prompt)
+    slots_baselines: int  # rounds of the same make-up without a cancel, per kind
+    slots_s: float
     settle_s: float = 0.05
 
 
@@ -106,6 +116,12 @@ GPU_PLAN = Plan(
     harness_s=150,
     vram_s=45,
     forced_s=60,
+    slots_streams=(1, 4),
+    slots_rounds=3,
+    slots_max_tokens=128,
+    slots_cancels=10,
+    slots_baselines=4,
+    slots_s=150,
 )
 
 # The smallest run that goes through every part: a check of the check, not a measurement.
@@ -126,6 +142,12 @@ SMOKE_PLAN = Plan(
     harness_s=120,
     vram_s=30,
     forced_s=30,
+    slots_streams=(1, 4),
+    slots_rounds=1,
+    slots_max_tokens=8,
+    slots_cancels=1,
+    slots_baselines=1,
+    slots_s=120,
 )
 
 
@@ -488,6 +510,8 @@ def bench_model(
                               "cancel_delay_ms": round(delay_s * 1000.0, 3)}
 
         out["harness"] = _harness(name, model, server, worker_args, health, plan, repeat, delay_s, budget, work, found)
+        if not args.no_slots:
+            out["slots"] = _slots(name, model, worker_args, n_ctx, plan, repeat, prompt_ms, budget, work, found)
 
         seconds = budget.part(plan.vram_s)
         pci = (health.get("gpu") or {}).get("pci_bus_id") if isinstance(health.get("gpu"), dict) else None
@@ -577,6 +601,63 @@ def _harness(
     return report
 
 
+def _slots(
+    name: str, model: Path, worker_args: list[str], n_ctx: int, plan: Plan, repeat: int, prompt_ms: float,
+    budget: Budget, work: Path, found: Findings,
+) -> dict[str, Any] | None:
+    """`python -m bench.slots` on the model, on the same device: workers at `--parallel 1`
+    and 4, aggregate tokens/s at `plan.slots_streams`, then one of four jobs cancelled in
+    its decode and in its prompt (a long prompt a tenth shorter than the harness's, so its
+    answer fits the slot's context; the cancel lands 10–80 % of its idle evaluation in)."""
+    seconds = budget.part(plan.slots_s, floor=30)
+    if seconds is None:
+        found.skipped.append(f"{name}: no time left for the slots")
+        return None
+    path = work / f"slots-{name}.json"
+    path.unlink(missing_ok=True)
+    extra, flags = [], iter(worker_args)
+    for flag in flags:  # --threads is bench.slots' own flag
+        if flag == "--threads":
+            next(flags, None)
+        else:
+            extra.append(flag)
+    window = f"{max(1, round(prompt_ms * 0.1))},{max(2, round(prompt_ms * 0.8))}"
+    cmd = [sys.executable, "-m", "bench.slots", "--model", str(model), "--parallel", "1,4"]
+    cmd += ["--no-peer", "--no-llama-server", "--parts", "throughput,cancel", f"--worker-args={' '.join(extra)}"]
+    cmd += ["--threads", str(_threads(worker_args)), "--n-ctx", str(n_ctx)]
+    cmd += ["--streams", ",".join(map(str, plan.slots_streams)), "--rounds", str(plan.slots_rounds)]
+    cmd += ["--max-tokens", str(plan.slots_max_tokens), "--cancels", str(plan.slots_cancels)]
+    cmd += ["--baselines", str(plan.slots_baselines), "--long-prompt-repeat", str(max(1, repeat * 9 // 10))]
+    cmd += ["--prompt-cancel-ms", window, "--json", str(path)]
+    log(f"{name}: running the slots benchmark, up to {seconds:.0f}s")
+    rc, took = _run(cmd, seconds, work / f"slots-{name}.log")
+    if rc != 0 or not path.is_file():
+        why = f"ran out of its {seconds:.0f}s" if rc is None else f"exited {rc}"
+        found.problems.append(f"{name}: the slots benchmark {why}: {_tail(work / f'slots-{name}.log', 8)}")
+        return {"error": why, "seconds": took}
+    report = json.loads(path.read_text())
+    report["seconds"] = took
+    return report
+
+
+def _judge_slots(name: str, slots: dict[str, Any] | None, found: Findings) -> None:
+    """A cancel inside a batch that did not end CANCELLED, a neighbour it stopped, or a
+    cancelled job still in a slot (or cells other than its neighbours') at its CANCELLED."""
+    for hit, c in ((slots or {}).get("cancel_one_of_4") or {}).items():
+        n = c["samples"] + c["landed_elsewhere"]
+        if not c["all_cancelled"]:
+            found.problems.append(f"{name}: slots: a cancel in {hit} did not end CANCELLED")
+        if not c["neighbours_all_finished"]:
+            found.problems.append(f"{name}: slots: a neighbour of a cancel in {hit} did not run to its end")
+        if c["victim_out_of_its_slot_at_cancelled"] != n or c["cells_in_use_are_the_neighbours"] != n:
+            found.problems.append(
+                f"{name}: slots: at CANCELLED the job was out of its slot in {c['victim_out_of_its_slot_at_cancelled']}"
+                f"/{n} cancels in {hit}, the cells in use its neighbours' in {c['cells_in_use_are_the_neighbours']}/{n}"
+            )
+        if c["landed_elsewhere"]:
+            found.notes.append(f"{name}: slots: {c['landed_elsewhere']} of {n} cancels meant for {hit} landed elsewhere")
+
+
 def _baseline_args(worker_args: list[str], health: dict[str, Any]) -> list[str]:
     """The worker's flags as the harness copies them into its bare loop, with what the worker
     chose at start made explicit: the prompt chunk it sized (the bare loop's n_batch), and no
@@ -632,6 +713,7 @@ def _judge(name: str, out: dict[str, Any], gpu: bool, found: Findings) -> None:
             )
         if gpu and block["back_at_idle_before_event"] is None:
             found.problems.append(f"{name}: {key}: no VRAM readings from NVML")
+    _judge_slots(name, out.get("slots"), found)
     fc = out.get("forced_cancel")
     if fc and fc["n"] and fc["forced"] != fc["n"]:
         found.problems.append(f"{name}: forced cancels: {fc['forced']}/{fc['n']} reported forced: true")
@@ -767,6 +849,7 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {r['model']} | {label} | {v['n']} | {codes} | {_mem(v['idle'])} | {_mem(v['during'])} | "
                     f"{_mem(v['at_event'])} | {v['back'] or '—'} | {_f(v['client_p50'])} |"
                 )
+    lines += _slots_lines([x for x in report["models"] if x.get("slots") and not x["slots"].get("error")])
     skipped = [x for x in report["models"] if x.get("skipped")]
     for x in skipped:
         lines.append(f"- {x['name']}: skipped ({x['skipped']})")
@@ -776,6 +859,50 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Notes: " + "; ".join(report["notes"])]
     lines += ["", ("**Problems**: " + "; ".join(report["problems"])) if report["problems"] else "No problems found."]
     return "\n".join(lines) + "\n"
+
+
+def _slots_lines(models: list[dict[str, Any]]) -> list[str]:
+    """The slots table: aggregate tokens/s of `--parallel 1` and 4 at each concurrency, the
+    latency at the most streams, and the cancels inside a batch."""
+    if not models:
+        return []
+    streams = models[0]["slots"]["settings"]["streams"]
+    top = str(streams[-1])
+    lines = [
+        "",
+        f"Slots (`bench.slots`): aggregate tokens/s at {', '.join(map(str, streams))} streams; TTFT and "
+        f"inter-token gaps at {top}; one of four jobs cancelled, client `POST /cancel` → CANCELLED.",
+        "",
+        f"| model | step tokens | `--parallel 1` tok/s | `--parallel 4` tok/s | 4 over 1 at {top} (paired) "
+        f"| TTFT p50 ms, 1 / 4 | inter-token p50 / p99 ms, 4 | decode cancel p50 / p99 ms | prompt cancel p50 / p99 ms "
+        "| out of its slot at CANCELLED |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in models:
+        sl = m["slots"]
+        tp = sl.get("throughput") or {}
+
+        def tok_s(side: str, tp: dict[str, Any] = tp) -> str:
+            return " / ".join(_f(lookup(tp, side, str(n), "aggregate_tokens_per_s")) for n in streams)
+
+        key = f"worker_p4_over_worker_p1_at_{top}"
+        ratio = lookup(sl, "targets", key)
+        paired = lookup(sl, "targets", "paired", key, "median")
+        cancel = sl.get("cancel_one_of_4") or {}
+        out_of_slot = " · ".join(
+            f"{c['victim_out_of_its_slot_at_cancelled']}/{c['samples'] + c['landed_elsewhere']}"
+            for c in cancel.values()
+        )
+        lines.append(
+            f"| {m['name']} | {_f(lookup(sl, 'workers', 'worker-p4', 'batch', 'step_tokens'))} | {tok_s('worker-p1')} | "
+            f"{tok_s('worker-p4')} | {_f(ratio, 2)} ({_f(paired, 2)}) | "
+            f"{_f(lookup(tp, 'worker-p1', top, 'ttft_ms', 'p50'))} / {_f(lookup(tp, 'worker-p4', top, 'ttft_ms', 'p50'))} | "
+            f"{_pair((lookup(tp, 'worker-p4', top, 'itl_ms', 'p50'), lookup(tp, 'worker-p4', top, 'itl_ms', 'p99')))} | "
+            f"{_pair((lookup(cancel, 'decode', 'client_ms', 'p50'), lookup(cancel, 'decode', 'client_ms', 'p99')))} | "
+            f"{_pair((lookup(cancel, 'prompt', 'client_ms', 'p50'), lookup(cancel, 'prompt', 'client_ms', 'p99')))} | "
+            f"{out_of_slot or '—'} |"
+        )
+    return lines
 
 
 def _slug(text: str) -> str:
@@ -801,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the private install, logs, the harness's reports")
     p.add_argument("--budget-sec", type=float, default=480.0, help="the whole check, model making included")
     p.add_argument("--no-tests", action="store_true", help="skip pytest -m gpu")
+    p.add_argument("--no-slots", action="store_true", help="skip the slots (--parallel 4 beside --parallel 1)")
     p.add_argument("--json", type=Path, dest="json_path",
                    help="default bench/results/<date>-gpu-<gpu>.json (smoke: under --work-dir)")
     p.add_argument("--markdown", type=Path, help="default: the JSON path with .md")

@@ -22,7 +22,8 @@ loop) and of its whole process.
 Cancels (the worker at `--parallel 4`): four jobs run; one is cancelled at a random
 moment, in its decode (4-40 tokens after all four stream, as one of its tokens
 arrives) or in its prompt (a ~1,400-token prompt sent beside three decoding
-neighbours, cancelled 50-600 ms later). Measured: POST
+neighbours, cancelled 50-600 ms later; `--long-prompt-repeat`, `--prompt-cancel-ms`
+for a faster machine). Measured: POST
 /cancel → CANCELLED as the client reads it, the job's own `stop_ms`/`cancel_ms`,
 the neighbours' largest gap between tokens around the cancel against their p99 gap
 in rounds of the same make-up without one, and whether the job's cells were gone
@@ -59,7 +60,7 @@ from bench.harness.llama_server import describe as describe_llama_server
 from bench.harness.llama_server import installed as installed_llama_server
 from bench.harness.llama_server import llama_server
 from bench.harness.processes import PeerSettings, peer_available, peer_server, worker_server
-from bench.harness.prompts import long_prompt, story
+from bench.harness.prompts import LONG_REPEAT, long_prompt, story
 from bench.harness.stats import percentile, ratio, summary
 from bench.harness.worker_client import WorkerClient
 from testkit.processes import ChildServer, scratch_dir
@@ -67,6 +68,7 @@ from testkit.prompts import CHAT
 from worker_orcd.config import default_model_path
 
 STREAMS = (1, 2, 4, 8)
+PROMPT_CANCEL_WINDOW_S = (0.05, 0.6)
 CLIENT_GIL_SWITCH_SEC = 0.0005
 DONE = "[DONE]"
 
@@ -335,7 +337,19 @@ def _steady_gaps(streams: list[list[float]], t_from: float | None = None, t_to: 
     ]
 
 
-def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Random, log) -> dict[str, Any]:
+def cancels(
+    client: WorkerClient,
+    samples: int,
+    baselines: int,
+    rng: random.Random,
+    log,
+    *,
+    long_repeat: int = LONG_REPEAT,
+    prompt_window_s: tuple[float, float] = PROMPT_CANCEL_WINDOW_S,
+) -> dict[str, Any]:
+    """`long_repeat`: the long prompt's size (`long_prompt`); `prompt_window_s`: when, after
+    it is sent, a prompt cancel lands (uniform in it; a fast machine needs a longer prompt or
+    an earlier window for the cancel to land in the prompt)."""
     scene = Scene(client, neighbour_tokens=96, victim_tokens=256)
     tag = 5000
     out: dict[str, Any] = {}
@@ -364,9 +378,9 @@ def cancels(client: WorkerClient, samples: int, baselines: int, rng: random.Rand
                 others = scene.neighbours(3, tag)
                 for job in others:
                     client.read_tokens(job, 3)
-                victim = client.open_job(long_prompt(tag), 64 if cancel else 1)
+                victim = client.open_job(long_prompt(tag, long_repeat), 64 if cancel else 1)
                 if cancel:
-                    client.wait_until(victim, rng.uniform(0.05, 0.6))
+                    client.wait_until(victim, rng.uniform(*prompt_window_s))
             if not cancel:
                 v_times, _, _ = scene.drain(victim)
                 streams = [scene.drain(job)[0] for job in others]
@@ -461,6 +475,7 @@ def same_answers(side: Side, tokens: int, repeats: int) -> dict[str, Any]:
 
 def start_sides(args: argparse.Namespace, model: Path, scratch: Path, stack: ExitStack, log) -> list[Side]:
     flags = ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--max-queue", "16"]
+    flags += args.worker_args.split()
     sides: list[Side] = []
 
     def add(side: Side) -> None:
@@ -524,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=FLAGS",
         help="one more worker side, e.g. 'worker-p4-b100=--parallel 4 --stop-budget-ms 100' (repeatable)",
     )
+    p.add_argument(
+        "--worker-args",
+        default="",
+        metavar="FLAGS",
+        help="flags for every worker side, after the common ones, e.g. '--gpu-device 0'",
+    )
     p.add_argument("--no-peer", dest="peer", action="store_false")
     p.add_argument(
         "--llama-server",
@@ -541,6 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=129)
     p.add_argument("--cancels", type=int, default=20, help="cancels per kind (decode, prompt)")
     p.add_argument("--baselines", type=int, default=8, help="rounds without a cancel per kind")
+    p.add_argument("--long-prompt-repeat", type=int, default=LONG_REPEAT, help="the prompt cancel's prompt size")
+    p.add_argument(
+        "--prompt-cancel-ms",
+        default=",".join(str(round(x * 1000)) for x in PROMPT_CANCEL_WINDOW_S),
+        metavar="LO,HI",
+        help="a prompt cancel lands this long after the prompt is sent (uniform)",
+    )
     p.add_argument("--parts", default="throughput,cancel,same", help="comma-separated subset")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path)
@@ -563,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "threads": args.threads,
             "n_ctx": args.n_ctx,
+            "worker_args": args.worker_args or None,
+            "long_prompt_repeat": args.long_prompt_repeat,
+            "prompt_cancel_ms": args.prompt_cancel_ms,
             "max_tokens": args.max_tokens,
             "rounds": args.rounds,
             "streams": list(args.streams),
@@ -594,7 +625,16 @@ def main(argv: list[str] | None = None) -> int:
             client = WorkerClient(p4.server.url)
             stack.callback(client.close)
             client.warm_up()
-            report["cancel_one_of_4"] = cancels(client, args.cancels, args.baselines, random.Random(args.seed), log)
+            lo, hi = (float(x) / 1000.0 for x in args.prompt_cancel_ms.split(","))
+            report["cancel_one_of_4"] = cancels(
+                client,
+                args.cancels,
+                args.baselines,
+                random.Random(args.seed),
+                log,
+                long_repeat=args.long_prompt_repeat,
+                prompt_window_s=(lo, hi),
+            )
         if p4 is not None and "same" in parts:
             report["same_answers"] = same_answers(p4, 48, 1 if args.quick else 3)
         report["load_average_at_end"] = machine.load_average()

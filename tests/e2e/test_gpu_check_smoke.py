@@ -75,6 +75,21 @@ def test_gpu_check_cpu_smoke_report(tmp_path):
             assert run["at_event"]["engine_mib"] is None and block["back_at_idle_before_event"] is None
     assert model["vram_decode"]["runs"][0]["tokens_read"] >= 20
 
+    # The slots: --parallel 1 beside --parallel 4 on the same device, and cancels inside a batch.
+    slots = model["slots"]
+    assert slots["settings"]["streams"] == [1, 4] and slots["settings"]["worker_args"], slots["settings"]
+    assert slots["workers"]["worker-p4"]["parallel"] == 4 and slots["workers"]["worker-p4"]["batch"]["step_tokens"] >= 1
+    for side in ("worker-p1", "worker-p4"):
+        for n in ("1", "4"):
+            load = slots["throughput"][side][n]
+            assert load["tokens"] == int(n) * 8 and load["aggregate_tokens_per_s"] > 0, (side, n, load)
+    assert slots["targets"]["worker_p4_over_worker_p1_at_4"] > 0
+    for hit in ("decode", "prompt"):
+        c = slots["cancel_one_of_4"][hit]
+        n = c["samples"] + c["landed_elsewhere"]
+        assert n == 1 and c["all_cancelled"] and c["neighbours_all_finished"], c
+        assert c["victim_out_of_its_slot_at_cancelled"] == n and c["cells_in_use_are_the_neighbours"] == n, c
+
     forced = model["forced_cancel"]
     assert forced["n"] == 1 and forced["codes"] == {"CANCELLED": 1} and forced["forced"] == 1
     assert forced["client_ms"]["p50"] >= forced["cancel_deadline_ms"]  # the deadline passed before the kill
@@ -82,4 +97,5 @@ def test_gpu_check_cpu_smoke_report(tmp_path):
     text = md.read_text()
     assert text in done.stdout
     assert "| synthetic-tiny | cpu |" in text and "| synthetic-tiny | forced | 1 |" in text
+    assert "| synthetic-tiny | " in text.split("Slots (`bench.slots`)")[1]
     assert "No problems found." in text
