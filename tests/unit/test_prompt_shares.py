@@ -18,6 +18,10 @@ from worker_orcd.engine.slots import _shares
         (3, [10, 10], [2, 1]),  # an odd token goes to the first listed (the oldest)
         (2, [10, 10, 10], [1, 1, 0]),  # fewer tokens than jobs: the oldest first
         (5, [1, 1], [1, 1]),  # the budget need not be spent
+        (5, [29, 29, 29, 29], [2, 1, 1, 1]),  # what does not divide goes to the most left, ties the oldest
+        (5, [27, 28, 28, 28], [1, 2, 1, 1]),  # ... so it goes round over the steps
+        (6, [10, 20, 30], [2, 2, 2]),
+        (7, [10, 20, 30], [2, 2, 3]),
         (4, [], []),
     ],
 )
@@ -25,3 +29,21 @@ def test_shares(budget, left, expected):
     shares = _shares(budget, left)
     assert shares == expected
     assert sum(shares) <= budget and all(0 <= s <= n for s, n in zip(shares, left, strict=True))
+
+
+@pytest.mark.parametrize(("budget", "runs"), [(5, 4), (6, 4), (7, 4), (3, 2), (5, 3), (7, 8)])
+def test_prompts_started_together_end_within_a_step_of_each_other(budget, runs):
+    """Equal prompts sharing steps whose budget does not divide among them: the odd tokens
+    go round, so no run finishes its prompt (and starts decoding ahead of the others) more
+    than a step before the last."""
+    left = [29] * runs
+    finished: dict[int, int] = {}
+    step = 0
+    while len(finished) < runs:
+        step += 1
+        waiting = [i for i in range(runs) if i not in finished]
+        for i, k in zip(waiting, _shares(budget, [left[i] for i in waiting]), strict=True):
+            left[i] -= k
+            if left[i] == 0:
+                finished[i] = step
+    assert max(finished.values()) - min(finished.values()) <= 1, finished

@@ -79,14 +79,17 @@ def _prompt_left(job: _Job) -> int:
 def _shares(budget: int, left: list[int]) -> list[int]:
     """A step's `budget` of prompt tokens shared equally by the starting runs, each with
     `left` tokens to go: one that needs less than its share takes what it needs and the rest
-    goes to the others, the fewest left served first (ties: the oldest, as listed). Runs
+    goes to the others. What does not divide equally goes to those with the most left (ties:
+    the oldest, as listed), so over the steps it goes round and none pulls ahead. Runs
     that start together so reach their first tokens together (none decodes beside the
     others' prompts, ahead of them), and a short prompt beside a long one is not held for
     all of it."""
     shares = [0] * len(left)
     waiting = len(left)
-    for i in sorted(range(len(left)), key=left.__getitem__):
-        share = min(left[i], -(-budget // waiting))
+    # The fewest left first (ties: the newest), each its floor of an equal share: the
+    # remainder is left to those served last.
+    for i in sorted(range(len(left)), key=lambda i: (left[i], -i)):
+        share = min(left[i], budget // waiting)
         shares[i] = share
         budget -= share
         waiting -= 1
