@@ -17,12 +17,12 @@
    cached): one worker, with every layer offloaded; the benchmark harness
    (`python -m bench --url …`) for streaming tokens/s against the bare loop at the
    same offload, idle time to first token, cancels during decode and during a
-   ~4,000-token prompt; the slots (`python -m bench.slots`: workers at `--parallel 1`
-   and 4 on the same device, aggregate tokens/s at 1 and 4 streams, one of four jobs
-   cancelled in its decode and in its prompt, its cells checked gone at CANCELLED;
-   `--no-slots` skips them); then VRAM read by NVML around each of a few cancels (idle,
-   during, at the CANCELLED event), and forced cancels (the engine hung in C by
-   the test-only fault, killed at the deadline).
+   ~4,000-token prompt; then VRAM read by NVML around each of a few cancels (idle,
+   during, at the CANCELLED event), forced cancels (the engine hung in C by the
+   test-only fault, killed at the deadline), and last the slots (`python -m
+   bench.slots`: workers at `--parallel 1` and 4 on the same device, aggregate tokens/s
+   at 1 and 4 streams, one of four jobs cancelled in its decode and in its prompt, its
+   cells checked gone at CANCELLED; `--no-slots` skips them).
 4. One JSON report and a markdown summary (printed too).
 
 Every part has a time budget inside `--budget-sec`; a part that would not fit
@@ -464,7 +464,7 @@ def bench_model(
     gpu: bool, nvml_device: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One worker on the model: the harness, then VRAM around cancels, then forced cancels
-    (last: each one restarts the engine)."""
+    (each one restarts the engine), then the slots (workers of their own)."""
     from bench.harness import prompts, vram
     from bench.harness.processes import worker_server
     from bench.harness.worker_client import WorkerClient
@@ -510,8 +510,6 @@ def bench_model(
                               "cancel_delay_ms": round(delay_s * 1000.0, 3)}
 
         out["harness"] = _harness(name, model, server, worker_args, health, plan, repeat, delay_s, budget, work, found)
-        if not args.no_slots:
-            out["slots"] = _slots(name, model, worker_args, n_ctx, plan, repeat, prompt_ms, budget, work, found)
 
         seconds = budget.part(plan.vram_s)
         pci = (health.get("gpu") or {}).get("pci_bus_id") if isinstance(health.get("gpu"), dict) else None
@@ -542,6 +540,9 @@ def bench_model(
                     deadline=time.monotonic() + seconds, progress=log,
                 ),
             }
+        # Last: what the other parts check matters more to a GPU's first run than the slots' figures.
+        if not args.no_slots:
+            out["slots"] = _slots(name, model, worker_args, n_ctx, plan, repeat, prompt_ms, budget, work, found)
         _judge(name, out, gpu, found)
     except Exception as exc:
         found.problems.append(f"{name}: {type(exc).__name__}: {exc}")
