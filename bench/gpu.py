@@ -592,10 +592,18 @@ def _harness(
     cmd += ["--prompt-cancel-delay", f"{delay_s:.4f}", "--settle", str(plan.settle_s)]
     cmd += _baseline_args(worker_args, health)  # for the baselines: offload, threads, chunk
     log(f"{name}: running the benchmark harness, up to {seconds:.0f}s")
-    rc, took = _run(cmd, seconds, work / f"harness-{name}.log")
+    return _child_report(cmd, path, seconds, work / f"harness-{name}.log", f"{name}: the benchmark harness", found)
+
+
+def _child_report(
+    cmd: list[str], path: Path, seconds: float, log_path: Path, what: str, found: Findings
+) -> dict[str, Any]:
+    """A benchmark run as a child within `seconds`: the JSON report it wrote to `path`, with
+    how long it took; a problem named `what` if it failed or ran out of time."""
+    rc, took = _run(cmd, seconds, log_path)
     if rc != 0 or not path.is_file():
         why = f"ran out of its {seconds:.0f}s" if rc is None else f"exited {rc}"
-        found.problems.append(f"{name}: the benchmark harness {why}: {_tail(work / f'harness-{name}.log', 8)}")
+        found.problems.append(f"{what} {why}: {_tail(log_path, 8)}")
         return {"error": why, "seconds": took}
     report = json.loads(path.read_text())
     report["seconds"] = took
@@ -631,14 +639,7 @@ def _slots(
     cmd += ["--baselines", str(plan.slots_baselines), "--long-prompt-repeat", str(max(1, repeat * 9 // 10))]
     cmd += ["--prompt-cancel-ms", window, "--json", str(path)]
     log(f"{name}: running the slots benchmark, up to {seconds:.0f}s")
-    rc, took = _run(cmd, seconds, work / f"slots-{name}.log")
-    if rc != 0 or not path.is_file():
-        why = f"ran out of its {seconds:.0f}s" if rc is None else f"exited {rc}"
-        found.problems.append(f"{name}: the slots benchmark {why}: {_tail(work / f'slots-{name}.log', 8)}")
-        return {"error": why, "seconds": took}
-    report = json.loads(path.read_text())
-    report["seconds"] = took
-    return report
+    return _child_report(cmd, path, seconds, work / f"slots-{name}.log", f"{name}: the slots benchmark", found)
 
 
 def _judge_slots(name: str, slots: dict[str, Any] | None, found: Findings) -> None:
